@@ -1,0 +1,37 @@
+# `make run` and `make test` create .venv on first use and install the exact versions in requirements.lock.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install run worker serve demo test lint clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(INSTALLED)
+
+run: install
+	scripts/run-local.sh
+
+serve: install
+	$(BIN)/convention-gateway serve
+
+worker: install
+	$(BIN)/convention-gateway worker
+
+demo: install
+	$(BIN)/convention-gateway demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check gateway adapters trainer clients tests
+	$(BIN)/ruff format --check gateway adapters trainer clients tests
+
+clean:
+	rm -rf $(VENV)
