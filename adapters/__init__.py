@@ -1,0 +1,1 @@
+"""Base model loading, the adapter registry and the local inference engine."""

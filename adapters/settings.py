@@ -1,0 +1,164 @@
+"""Settings shared by the gateway, the trainer worker and the command line.
+
+Values come from a YAML file (``--config`` or ``CONVENTION_GATEWAY_CONFIG``) and are overridden by environment
+variables named ``CONVENTION_GATEWAY_<FIELD>`` (nested fields joined with ``__``); the Redis location is the
+standard ``REDIS_URL``. The settings live in the lowest package so that every package can read them without
+importing upwards.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+LOCAL_PROVIDER = "local"
+CONFIG_ENV_VAR = "CONVENTION_GATEWAY_CONFIG"
+
+
+def _user_dir(env_var: str, fallback: str) -> Path:
+    base = os.environ.get(env_var) or str(Path.home() / fallback)
+    return Path(base) / "convention-gateway"
+
+
+class BackendParams(BaseModel):
+    """Backend of one served model, in the shape of litellm's ``litellm_params``."""
+
+    model: str = Field(description="'local/<builtin name | Hugging Face id | folder>' for the local engine.")
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0]
+
+    @property
+    def target(self) -> str:
+        return self.model.split("/", 1)[1] if "/" in self.model else ""
+
+
+class ModelEntry(BaseModel):
+    """One entry of ``model_list``: the name clients send and the backend that serves it."""
+
+    model_name: str
+    litellm_params: BackendParams
+
+    @field_validator("litellm_params")
+    @classmethod
+    def _check_provider(cls, params: BackendParams) -> BackendParams:
+        # TODO: upstream providers (openai/, anthropic/, hosted_vllm/ ...) through litellm are not built yet.
+        if params.provider != LOCAL_PROVIDER or not params.target:
+            raise ValueError(f"unsupported backend {params.model!r}: only 'local/<model>' is served by this version")
+        return params
+
+
+def _default_model_list() -> list[ModelEntry]:
+    backend = BackendParams(model=f"{LOCAL_PROVIDER}/{DEFAULT_MODEL_NAME}")
+    return [ModelEntry(model_name=DEFAULT_MODEL_NAME, litellm_params=backend)]
+
+
+class TrainingSettings(BaseModel):
+    """Hyperparameters of a partner's training job, sized for the default model on a CPU."""
+
+    min_pairs: int = Field(default=4, ge=1, description="Fewer mined preference pairs than this fails the job.")
+    epochs: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=2, ge=1)
+    learning_rate: float = Field(default=5e-4, gt=0)
+    beta: float = Field(default=0.1, gt=0, description="Strength of the APO-zero preference loss.")
+    lora_rank: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    max_length: int = Field(default=256, ge=32, description="Token budget of prompt plus completion.")
+    max_prompt_tokens: int = Field(
+        default=128,
+        ge=16,
+        description="Token budget of a pair's prompt: the most recent messages plus the one with the first mention.",
+    )
+    seed: int = 0
+
+
+class Settings(BaseSettings):
+    """Everything a gateway or worker process needs to start."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVENTION_GATEWAY_", env_nested_delimiter="__", extra="forbid")
+
+    redis_url: str = Field(
+        default="redis://localhost:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "CONVENTION_GATEWAY_REDIS_URL", "redis_url"),
+    )
+    key_prefix: str = Field(default="cg", description="Prefix of every Redis key this product writes.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    model_list: list[ModelEntry] = Field(default_factory=_default_model_list, min_length=1)
+    model_cache_dir: Path = Field(default_factory=lambda: _user_dir("XDG_CACHE_HOME", ".cache") / "models")
+    artifact_dir: Path = Field(default_factory=lambda: _user_dir("XDG_DATA_HOME", ".local/share") / "adapters")
+    queue_name: str = "convention-training"
+    job_timeout_s: int = Field(default=3600, ge=10)
+    max_loaded_adapters: int = Field(default=8, ge=1)
+    default_max_tokens: int = Field(default=256, ge=1)
+    anonymous_partner_id: str = "anonymous"
+    conversation_index_ttl_s: int = Field(
+        default=30 * 24 * 3600,
+        ge=60,
+        description="How long a conversation prefix keeps mapping to its session.",
+    )
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables win over the YAML file, whose values arrive as init arguments.
+        return env_settings, init_settings
+
+    @property
+    def local_model(self) -> ModelEntry:
+        return self.model_list[0]
+
+    @property
+    def redis_url_redacted(self) -> str:
+        """Returns the Redis URL with any password replaced, for logs."""
+        parts = urlsplit(self.redis_url)
+        if parts.password is None:
+            return self.redis_url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+
+
+def load_settings(config_file: str | Path | None = None) -> Settings:
+    """Read the YAML config file (if any) and apply environment overrides."""
+    path = config_file or os.environ.get(CONFIG_ENV_VAR)
+    values: dict[str, Any] = {}
+    if path:
+        values = _read_yaml(Path(path))
+
+    settings = Settings(**values)
+    if len(settings.model_list) > 1:
+        # TODO: serve several local base models at once; the engine holds one base model today.
+        raise ValueError("model_list has more than one entry: this version serves one local model")
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ValueError(f"config file not found: {path}") from error
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path} is not valid YAML: {error}") from error
+
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {path} must contain a mapping at the top level")
+    return loaded
