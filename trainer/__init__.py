@@ -1,0 +1,1 @@
+"""Convention mining, preference pairs, LoRA training and the training job worker."""

@@ -1,0 +1,203 @@
+"""Training jobs in the shape of OpenAI's fine-tuning job object, stored in Redis and queued with RQ."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.callbacks import Callback
+
+from adapters.keys import Keys
+
+logger = logging.getLogger(__name__)
+
+OPEN_STATUSES = ("validating_files", "queued", "running")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+WORKER_FUNCTION = "trainer.worker.run_training_job"
+FAILURE_CALLBACK = "trainer.worker.on_rq_failure"
+
+# Claims the partner's single open-job slot and stores the new job, unless a job of that partner is still
+# open. Returns the id of the open job that blocks, or nil when the new job was stored.
+_CREATE_JOB_SCRIPT = """
+local open_id = redis.call('GET', KEYS[1])
+if open_id then
+  local raw = redis.call('GET', ARGV[4] .. open_id)
+  if raw then
+    local status = cjson.decode(raw)['status']
+    if status == 'validating_files' or status == 'queued' or status == 'running' then
+      return open_id
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[5])
+return false
+"""
+
+
+class JobConflictError(RuntimeError):
+    """The partner already has a queued or running training job."""
+
+    def __init__(self, partner_id: str, open_job_id: str) -> None:
+        super().__init__(
+            f"partner {partner_id!r} already has an open training job {open_job_id}; wait for it to finish or cancel it"
+        )
+        self.open_job_id = open_job_id
+
+
+def new_job_id() -> str:
+    return f"ftjob-{secrets.token_hex(12)}"
+
+
+def new_job(*, job_id: str, partner_id: str, model: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """Build a job object with every field that OpenAI's fine-tuning job object has."""
+    return {
+        "id": job_id,
+        "object": "fine_tuning.job",
+        "created_at": int(time.time()),
+        "finished_at": None,
+        "estimated_finish": None,
+        "model": model,
+        "fine_tuned_model": None,
+        "organization_id": "convention-gateway",
+        "status": "queued",
+        "hyperparameters": hyperparameters,
+        "method": {"type": "dpo", "dpo": {"hyperparameters": hyperparameters}},
+        "training_file": f"sessions:{partner_id}",
+        "validation_file": None,
+        "result_files": [],
+        "trained_tokens": None,
+        "error": None,
+        "seed": hyperparameters.get("seed", 0),
+        "integrations": [],
+        "metadata": {"partner_id": partner_id},
+        "user_provided_suffix": partner_id,
+        "partner_id": partner_id,
+        "adapter_version": None,
+    }
+
+
+class JobStore:
+    """Reads and writes training job objects and their events."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._create_script = client.register_script(_CREATE_JOB_SCRIPT)
+
+    def create(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Store ``job`` as the partner's open job; raise JobConflictError when another one is open."""
+        partner_id = job["partner_id"]
+        keys = [
+            self.keys.partner_open_job(partner_id),
+            self.keys.job(job["id"]),
+            self.keys.jobs(),
+            self.keys.partners(),
+        ]
+        job_key_prefix = self.keys.job("")
+        blocking = self._create_script(
+            keys=keys, args=[job["id"], json.dumps(job), job["created_at"], job_key_prefix, partner_id]
+        )
+        if blocking:
+            raise JobConflictError(partner_id, blocking if isinstance(blocking, str) else blocking.decode())
+
+        self.add_event(job["id"], "info", f"Training job created for partner {partner_id}")
+        return job
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.client.get(self.keys.job(job_id))
+        return json.loads(raw) if raw is not None else None
+
+    def list(self, *, limit: int = 20, after: str | None = None, partner_id: str | None = None) -> list[dict[str, Any]]:
+        """Returns jobs newest first, starting after the job id ``after``."""
+        ids = [
+            item if isinstance(item, str) else item.decode() for item in self.client.zrevrange(self.keys.jobs(), 0, -1)
+        ]
+        if after is not None and after in ids:
+            ids = ids[ids.index(after) + 1 :]
+
+        jobs = []
+        for job_id in ids:
+            job = self.get(job_id)
+            if job is None or (partner_id is not None and job["partner_id"] != partner_id):
+                continue
+            jobs.append(job)
+            if len(jobs) == limit:
+                break
+        return jobs
+
+    def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
+        """Apply ``fields`` to a stored job with optimistic locking, so concurrent writers never lose a field."""
+        key = self.keys.job(job_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise KeyError(job_id)
+                    job = json.loads(raw)
+                    job.update(fields)
+                    pipe.multi()
+                    pipe.set(key, json.dumps(job))
+                    if job["status"] in TERMINAL_STATUSES:
+                        self._release_open_slot(pipe, job)
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+
+    def set_status(self, job_id: str, status: str, **fields: Any) -> dict[str, Any]:
+        if status in TERMINAL_STATUSES:
+            fields.setdefault("finished_at", int(time.time()))
+        job = self.update(job_id, status=status, **fields)
+        self.add_event(job_id, "error" if status == "failed" else "info", f"Job status: {status}")
+        logger.info("Job %s: status %s (partner %s)", job_id, status, job["partner_id"])
+        return job
+
+    def add_event(self, job_id: str, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        event = {
+            "id": f"ftevent-{secrets.token_hex(8)}",
+            "object": "fine_tuning.job.event",
+            "created_at": int(time.time()),
+            "level": level,
+            "message": message,
+            "type": "metrics" if data else "message",
+            "data": data or {},
+        }
+        self.client.rpush(self.keys.job_events(job_id), json.dumps(event))
+
+    def events(self, job_id: str, *, limit: int = 20, after: str | None = None) -> list[dict[str, Any]]:
+        """Returns events newest first, as OpenAI's list endpoint does."""
+        raw_events = self.client.lrange(self.keys.job_events(job_id), 0, -1)
+        events = [json.loads(raw) for raw in reversed(raw_events)]
+        if after is not None:
+            ids = [event["id"] for event in events]
+            events = events[ids.index(after) + 1 :] if after in ids else events
+        return events[:limit]
+
+    def _release_open_slot(self, pipe: Any, job: dict[str, Any]) -> None:
+        # A newer job can claim the slot only after this one is terminal, so the slot still names this job.
+        pipe.delete(self.keys.partner_open_job(job["partner_id"]))
+
+
+def enqueue_training(queue_client: redis.Redis, *, queue_name: str, job_id: str, timeout_s: int) -> None:
+    """Put a stored training job on the RQ queue that ``convention-gateway worker`` consumes."""
+    queue = Queue(queue_name, connection=queue_client)
+    queue.enqueue(
+        WORKER_FUNCTION,
+        job_id,
+        job_id=job_id,
+        job_timeout=timeout_s,
+        result_ttl=7 * 24 * 3600,
+        failure_ttl=7 * 24 * 3600,
+        on_failure=Callback(FAILURE_CALLBACK),
+    )
+    logger.info("Job %s: enqueued on %s", job_id, queue_name)

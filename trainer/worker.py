@@ -1,0 +1,142 @@
+"""The training job that ``convention-gateway worker`` runs: sessions -> pairs -> LoRA -> registered adapter."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from adapters.base_model import resolve_model_path
+from adapters.keys import Keys
+from adapters.registry import AdapterRegistry, AdapterVersion, adapter_folder
+from adapters.settings import Settings
+from trainer.jobs import TERMINAL_STATUSES, JobStore
+from trainer.mining import mine_pairs
+from trainer.sessions import load_partner_sessions
+
+logger = logging.getLogger(__name__)
+
+_settings: Settings | None = None
+
+
+class InsufficientDataError(ValueError):
+    """The partner's sessions do not contain enough convention signal to train on."""
+
+
+def configure(settings: Settings) -> None:
+    """Set the settings that jobs run with; the worker command calls this before it starts consuming."""
+    global _settings
+    _settings = settings
+
+
+def _current_settings() -> Settings:
+    if _settings is None:
+        raise RuntimeError("trainer.worker.configure() was not called before a job ran")
+    return _settings
+
+
+def _stores(settings: Settings) -> tuple[JobStore, AdapterRegistry, redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=30)
+    keys = Keys(settings.key_prefix)
+    return JobStore(client, keys), AdapterRegistry(client, keys), client
+
+
+def run_training_job(job_id: str) -> dict[str, Any]:
+    """Train, store and activate a new adapter version for the job's partner."""
+    settings = _current_settings()
+    jobs, registry, client = _stores(settings)
+    job = jobs.get(job_id)
+    if job is None:
+        raise KeyError(f"training job {job_id} not found in Redis")
+    if job["status"] in TERMINAL_STATUSES:
+        logger.info("Job %s: skipped, already %s", job_id, job["status"])
+        return job
+
+    jobs.set_status(job_id, "running")
+    try:
+        return _train_and_publish(job, settings, jobs, registry, client)
+    except InsufficientDataError as error:
+        logger.warning("Job %s: failed, %s", job_id, error)
+        return jobs.set_status(
+            job_id, "failed", error={"code": "insufficient_data", "message": str(error), "param": None}
+        )
+    except Exception as error:
+        logger.exception("Job %s: failed", job_id)
+        jobs.set_status(job_id, "failed", error={"code": "training_failed", "message": str(error), "param": None})
+        raise
+
+
+def _train_and_publish(
+    job: dict[str, Any], settings: Settings, jobs: JobStore, registry: AdapterRegistry, client: redis.Redis
+) -> dict[str, Any]:
+    from trainer.train import train_lora_adapter
+
+    job_id, partner_id = job["id"], job["partner_id"]
+    sessions = load_partner_sessions(client, registry.keys, partner_id)
+    pairs = mine_pairs(sessions)
+    jobs.add_event(job_id, "info", f"Mined {len(pairs)} preference pairs from {len(sessions)} sessions")
+    minimum = settings.training.min_pairs
+    if len(pairs) < minimum:
+        raise InsufficientDataError(
+            f"too little data: {len(sessions)} sessions of partner {partner_id!r} gave {len(pairs)} preference "
+            f"pairs (re-mentions of an earlier, longer phrase); at least {minimum} are needed. "
+            "Chat more with this partner and start the job again."
+        )
+
+    model_path = resolve_model_path(settings.local_model.litellm_params.target, settings.model_cache_dir)
+    partner_dir = settings.artifact_dir / partner_id
+    staging = partner_dir / f".staging-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    try:
+        result = train_lora_adapter(
+            model_path=model_path,
+            pairs=pairs,
+            output_dir=staging,
+            settings=settings.training,
+            work_dir=staging / "trainer-state",
+            on_progress=lambda message, metrics: jobs.add_event(job_id, "info", message, metrics),
+        )
+        shutil.rmtree(staging / "trainer-state", ignore_errors=True)
+        version = registry.allocate_version(partner_id)
+        final = adapter_folder(settings.artifact_dir, partner_id, version)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    adapter = AdapterVersion(
+        partner_id=partner_id,
+        version=version,
+        base_model=settings.local_model.model_name,
+        path=str(final),
+        created_at=int(time.time()),
+        job_id=job_id,
+        metrics={"pairs": len(pairs), "train_loss": result.train_loss, "steps": result.steps},
+    )
+    registry.register(adapter, activate=True)
+    jobs.add_event(job_id, "info", f"Adapter {adapter.name} saved and activated", {"train_loss": result.train_loss})
+    return jobs.set_status(
+        job_id,
+        "succeeded",
+        fine_tuned_model=f"ft:{adapter.base_model}:{partner_id}:{version}",
+        adapter_version=version,
+        trained_tokens=result.trained_tokens,
+        result_files=[str(Path(final) / "adapter_model.safetensors")],
+    )
+
+
+def on_rq_failure(job: Any, connection: Any, exc_type: Any, value: Any, traceback: Any) -> None:
+    """Marks the training job failed when RQ reports a failure the job could not record itself (a timeout)."""
+    settings = _current_settings()
+    jobs, _, _ = _stores(settings)
+    stored = jobs.get(job.id)
+    if stored is None or stored["status"] in TERMINAL_STATUSES:
+        return
+    message = f"{getattr(exc_type, '__name__', exc_type)}: {value}"
+    logger.error("Job %s: failed in the queue, %s", job.id, message)
+    jobs.set_status(job.id, "failed", error={"code": "worker_error", "message": message, "param": None})
