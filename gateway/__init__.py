@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP gateway: chat routes, management routes, partner resolution and session history."""

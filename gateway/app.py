@@ -1,0 +1,59 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from adapters.base_model import resolve_model_path
+from adapters.engine import LocalEngine
+from adapters.settings import Settings
+from gateway import routes_health, routes_jobs, routes_openai, routes_partners
+from gateway.errors import install_error_handlers
+from gateway.services import Services
+
+logger = logging.getLogger(__name__)
+
+
+def build_engine(settings: Settings) -> LocalEngine:
+    entry = settings.local_model
+    return LocalEngine(
+        model_name=entry.model_name,
+        model_path_loader=lambda: resolve_model_path(entry.litellm_params.target, settings.model_cache_dir),
+        max_loaded_adapters=settings.max_loaded_adapters,
+    )
+
+
+async def _load_engine(engine: LocalEngine) -> None:
+    try:
+        await asyncio.to_thread(engine.load)
+    except Exception:
+        logger.exception("Engine: loading model %s failed; /readyz stays not ready", engine.model_name)
+
+
+def create_app(settings: Settings, *, engine: LocalEngine | None = None) -> FastAPI:
+    """Builds the gateway; the model loads in the background after start-up, and /readyz reports when it is done."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.build(settings, engine or build_engine(settings))
+        app.state.services = services
+        loading = asyncio.create_task(_load_engine(services.engine)) if not services.engine.ready else None
+        logger.info("Gateway: started (Redis %s, model %s)", settings.redis_url_redacted, services.engine.model_name)
+        try:
+            yield
+        finally:
+            if loading is not None:
+                loading.cancel()
+            await services.close()
+            logger.info("Gateway: stopped")
+
+    app = FastAPI(title="convention-gateway", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    for module in (routes_openai, routes_partners, routes_jobs, routes_health):
+        app.include_router(module.router)
+    return app

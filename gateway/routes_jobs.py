@@ -1,0 +1,48 @@
+"""Training jobs in the shape of OpenAI's fine-tuning API."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from gateway.errors import APIError
+from gateway.services import Services, get_services
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def _job_or_404(job_id: str, services: Services) -> dict[str, Any]:
+    job = await asyncio.to_thread(services.jobs.get, job_id)
+    if job is None:
+        raise APIError(404, f"training job {job_id!r} not found", param="job_id", code="job_not_found")
+    return job
+
+
+@router.get("")
+async def list_jobs(
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> dict[str, Any]:
+    jobs = await asyncio.to_thread(services.jobs.list, limit=limit + 1, after=after)
+    return {"object": "list", "data": jobs[:limit], "has_more": len(jobs) > limit}
+
+
+@router.get("/{job_id}")
+async def retrieve_job(job_id: str, services: ServicesDep) -> dict[str, Any]:
+    return await _job_or_404(job_id, services)
+
+
+@router.get("/{job_id}/events")
+async def list_job_events(
+    job_id: str,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    after: str | None = None,
+) -> dict[str, Any]:
+    await _job_or_404(job_id, services)
+    events = await asyncio.to_thread(services.jobs.events, job_id, limit=limit + 1, after=after)
+    return {"object": "list", "data": events[:limit], "has_more": len(events) > limit}

@@ -1,0 +1,64 @@
+"""The long-lived objects one gateway process shares between requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aioredis
+from fastapi import Request
+
+from adapters.engine import LocalEngine
+from adapters.keys import Keys
+from adapters.registry import AdapterRegistry
+from adapters.settings import Settings
+from gateway.sessions import SessionStore
+from trainer.jobs import JobStore
+
+REDIS_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Services:
+    """Redis clients, stores and the engine, built once at start-up."""
+
+    settings: Settings
+    keys: Keys
+    redis: aioredis.Redis
+    redis_sync: redis.Redis
+    queue_redis: redis.Redis
+    sessions: SessionStore
+    registry: AdapterRegistry
+    jobs: JobStore
+    engine: LocalEngine
+
+    @classmethod
+    def build(cls, settings: Settings, engine: LocalEngine) -> Services:
+        keys = Keys(settings.key_prefix)
+        timeouts = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
+        async_client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **timeouts)
+        sync_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **timeouts)
+        # RQ stores pickled job data, so its connection must return bytes.
+        queue_client = redis.Redis.from_url(settings.redis_url, **timeouts)
+        return cls(
+            settings=settings,
+            keys=keys,
+            redis=async_client,
+            redis_sync=sync_client,
+            queue_redis=queue_client,
+            sessions=SessionStore(async_client, keys, conversation_ttl_s=settings.conversation_index_ttl_s),
+            registry=AdapterRegistry(sync_client, keys),
+            jobs=JobStore(sync_client, keys),
+            engine=engine,
+        )
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        self.redis_sync.close()
+        self.queue_redis.close()
+        self.engine.shutdown()
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services

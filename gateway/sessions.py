@@ -1,0 +1,127 @@
+"""Session history in Redis: every served turn, grouped into sessions per partner.
+
+A client may name the session with ``X-Session-ID``. Otherwise the session is found from the conversation
+itself: after each turn the store maps a digest of (request messages + response) to the session, and a later
+request whose messages up to its last assistant message have that digest continues the same session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from adapters.keys import Keys
+
+
+def conversation_digest(messages: list[dict[str, str]]) -> str:
+    canonical = json.dumps([[message["role"], message["content"]] for message in messages], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _history_prefix(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Returns the messages up to and including the last assistant message (empty for a first turn)."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index]["role"] == "assistant":
+            return messages[: index + 1]
+    return []
+
+
+def new_session_id() -> str:
+    return f"sess-{secrets.token_hex(12)}"
+
+
+class SessionStore:
+    """Appends turns and reads sessions with the asyncio Redis client."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, conversation_ttl_s: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.conversation_ttl_s = conversation_ttl_s
+
+    async def find_session(self, partner_id: str, messages: list[dict[str, str]]) -> str | None:
+        """Returns the session that ``messages`` continue, or None when they start a new conversation."""
+        prefix = _history_prefix(messages)
+        if not prefix:
+            return None
+        found = await self.client.get(self.keys.conversation(partner_id, conversation_digest(prefix)))
+        return found if found is None or isinstance(found, str) else found.decode()
+
+    async def append_turn(self, turn: dict[str, Any]) -> None:
+        """Stores a served turn, updates its session and remembers the conversation for the next turn."""
+        partner_id, session_id = turn["partner_id"], turn["session_id"]
+        session_key = self.keys.session(partner_id, session_id)
+        continued = [*turn["messages"], turn["response"]]
+
+        pipe = self.client.pipeline(transaction=True)
+        pipe.rpush(self.keys.session_turns(partner_id, session_id), json.dumps(turn, ensure_ascii=False))
+        pipe.hsetnx(session_key, "created_at", turn["created_at"])
+        pipe.hset(session_key, mapping={"updated_at": turn["completed_at"], "model": turn["model"]})
+        pipe.hincrby(session_key, "turn_count", 1)
+        pipe.zadd(self.keys.sessions(partner_id), {session_id: turn["completed_at"]})
+        pipe.sadd(self.keys.partners(), partner_id)
+        pipe.set(
+            self.keys.conversation(partner_id, conversation_digest(continued)),
+            session_id,
+            ex=self.conversation_ttl_s,
+        )
+        await pipe.execute()
+
+    async def list_sessions(self, partner_id: str, *, limit: int, include_turns: bool = True) -> list[dict[str, Any]]:
+        """Returns the partner's most recently updated sessions first."""
+        session_ids = await self.client.zrevrange(self.keys.sessions(partner_id), 0, limit - 1)
+        return [await self.get_session(partner_id, sid, include_turns=include_turns) for sid in session_ids]
+
+    async def count_sessions(self, partner_id: str) -> int:
+        return int(await self.client.zcard(self.keys.sessions(partner_id)))
+
+    async def get_session(self, partner_id: str, session_id: str, *, include_turns: bool = True) -> dict[str, Any]:
+        meta = await self.client.hgetall(self.keys.session(partner_id, session_id))
+        session: dict[str, Any] = {
+            "id": session_id,
+            "object": "partner.session",
+            "partner_id": partner_id,
+            "created_at": float(meta.get("created_at", 0)),
+            "updated_at": float(meta.get("updated_at", 0)),
+            "turn_count": int(meta.get("turn_count", 0)),
+        }
+        if include_turns:
+            raw_turns = await self.client.lrange(self.keys.session_turns(partner_id, session_id), 0, -1)
+            session["turns"] = [json.loads(raw) for raw in raw_turns]
+        return session
+
+
+def build_turn(
+    *,
+    request_id: str,
+    partner_id: str,
+    session_id: str,
+    trainable: bool,
+    model: str,
+    adapter: str | None,
+    messages: list[dict[str, str]],
+    response_text: str,
+    finish_reason: str,
+    usage: dict[str, int],
+    created_at: float,
+) -> dict[str, Any]:
+    """Builds the stored record of one served turn."""
+    return {
+        "id": f"turn-{secrets.token_hex(8)}",
+        "request_id": request_id,
+        "partner_id": partner_id,
+        "session_id": session_id,
+        "trainable": trainable,
+        "model": model,
+        "adapter": adapter,
+        "messages": messages,
+        "response": {"role": "assistant", "content": response_text},
+        "finish_reason": finish_reason,
+        "usage": usage,
+        "created_at": created_at,
+        "completed_at": time.time(),
+    }
