@@ -1,0 +1,123 @@
+"""Training job objects in Redis and the worker's job function on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from adapters.keys import Keys
+from adapters.settings import Settings
+from trainer import worker
+from trainer.jobs import JobConflictError, JobStore, new_job, new_job_id
+
+
+def make_job(store: JobStore, partner_id: str = "alice") -> dict:
+    job = new_job(job_id=new_job_id(), partner_id=partner_id, model="m", hyperparameters={"n_epochs": 1})
+    return store.create(job)
+
+
+@pytest.fixture()
+def store(redis_client: redis.Redis, key_prefix: str) -> JobStore:
+    return JobStore(redis_client, Keys(key_prefix))
+
+
+def test_new_job_starts_queued(store: JobStore) -> None:
+    job = make_job(store)
+
+    assert store.get(job["id"])["status"] == "queued"
+    assert store.get(job["id"])["object"] == "fine_tuning.job"
+
+
+def test_second_open_job_conflicts(store: JobStore) -> None:
+    first = make_job(store)
+
+    with pytest.raises(JobConflictError) as raised:
+        make_job(store)
+    assert raised.value.open_job_id == first["id"]
+
+
+def test_finished_job_frees_partner_slot(store: JobStore) -> None:
+    first = make_job(store)
+    store.set_status(first["id"], "failed", error={"code": "x", "message": "y", "param": None})
+    second = make_job(store)
+
+    assert store.get(second["id"])["status"] == "queued"
+
+
+def test_other_partners_jobs_independent(store: JobStore) -> None:
+    make_job(store, "alice")
+    bob = make_job(store, "bob")
+
+    assert store.get(bob["id"])["partner_id"] == "bob"
+
+
+def test_terminal_status_sets_finished_at(store: JobStore) -> None:
+    job = make_job(store)
+    finished = store.set_status(job["id"], "succeeded")
+
+    assert finished["finished_at"] is not None
+
+
+def test_events_listed_newest_first(store: JobStore) -> None:
+    job = make_job(store)
+    store.add_event(job["id"], "info", "second")
+    store.add_event(job["id"], "info", "third", {"loss": 0.5})
+    events = store.events(job["id"])
+
+    assert [event["message"] for event in events][:2] == ["third", "second"]
+    assert events[0]["data"] == {"loss": 0.5}
+
+
+def test_jobs_listed_newest_first(store: JobStore) -> None:
+    first = make_job(store, "alice")
+    time.sleep(1.1)
+    second = make_job(store, "bob")
+
+    assert [job["id"] for job in store.list()] == [second["id"], first["id"]]
+
+
+def store_session(client: redis.Redis, keys: Keys, partner_id: str, texts: list[str]) -> None:
+    messages = [{"role": "user", "content": text} for text in texts]
+    turn = {"messages": messages, "response": {"role": "assistant", "content": "OK."}, "trainable": True}
+    client.zadd(keys.sessions(partner_id), {"sess-1": 1})
+    client.rpush(keys.session_turns(partner_id, "sess-1"), json.dumps(turn))
+
+
+def test_job_without_signal_fails_clearly(tiny_settings: Settings, redis_client: redis.Redis, store: JobStore) -> None:
+    store_session(redis_client, Keys(tiny_settings.key_prefix), "alice", ["hello", "how are you"])
+    job = make_job(store)
+    worker.configure(tiny_settings)
+    finished = worker.run_training_job(job["id"])
+
+    assert finished["status"] == "failed"
+    assert finished["error"]["code"] == "insufficient_data"
+    assert "0 preference pairs" in finished["error"]["message"]
+
+
+def test_job_trains_and_activates_adapter(tiny_settings: Settings, redis_client: redis.Redis, store: JobStore) -> None:
+    keys = Keys(tiny_settings.key_prefix)
+    long_form = "the small red ceramic mug with the chipped handle"
+    texts = [
+        f"I need {long_form} for tea.",
+        "Let me think about where everything should go today.",
+        "Please put the chipped mug on the top shelf.",
+        "Also wash the chipped mug first.",
+        "Then the mug goes back next to the kettle.",
+        "Fine, and the chipped mug stays there.",
+    ]
+    store_session(redis_client, keys, "alice", texts)
+    settings = tiny_settings.model_copy(update={"training": tiny_settings.training.model_copy(update={"epochs": 1})})
+    job = make_job(store)
+    worker.configure(settings)
+    finished = worker.run_training_job(job["id"])
+
+    folder = Path(tiny_settings.artifact_dir) / "alice"
+    assert finished["status"] == "succeeded", finished["error"]
+    assert finished["adapter_version"] == 1
+    assert redis_client.get(keys.active_adapter("alice")) == "1"
+    assert (folder / "1" / "adapter_model.safetensors").is_file()
+    assert [path.name for path in folder.iterdir()] == ["1"]

@@ -1,0 +1,99 @@
+"""Routing a partner's requests to its active adapter without restarting the gateway."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+from adapters.keys import Keys
+from adapters.registry import AdapterRegistry, AdapterVersion, adapter_folder
+from adapters.settings import Settings
+from tests.conftest import TINY_MODEL_NAME, RunningGateway
+
+
+def save_random_lora(model_path: str, folder: Path) -> None:
+    """Saves a LoRA adapter with random (non-zero) weights, so that it changes the model's output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(folder)
+
+
+def register_adapter(settings: Settings, model_path: str, partner_id: str, client: redis.Redis) -> AdapterVersion:
+    registry = AdapterRegistry(client, Keys(settings.key_prefix))
+    version = registry.allocate_version(partner_id)
+    folder = adapter_folder(settings.artifact_dir, partner_id, version)
+    save_random_lora(model_path, folder)
+    adapter = AdapterVersion(
+        partner_id=partner_id,
+        version=version,
+        base_model=TINY_MODEL_NAME,
+        path=str(folder),
+        created_at=int(time.time()),
+    )
+    registry.register(adapter, activate=True)
+    return adapter
+
+
+def ask(gateway: RunningGateway, partner: str) -> httpx.Response:
+    body = {
+        "model": TINY_MODEL_NAME,
+        "messages": [{"role": "user", "content": "Which one?"}],
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+    return httpx.post(
+        f"{gateway.base_url}/v1/chat/completions", json=body, headers={"X-Partner-ID": partner}, timeout=60
+    )
+
+
+def test_active_adapter_serves_partner(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    before = ask(gateway, "ivan")
+    register_adapter(tiny_settings, tiny_model_path, "ivan", redis_client)
+    after = ask(gateway, "ivan")
+
+    assert before.headers["x-adapter"] == "none"
+    assert after.headers["x-adapter"] == "ivan/1"
+    assert after.json()["choices"][0]["message"]["content"] != before.json()["choices"][0]["message"]["content"]
+
+
+def test_other_partner_keeps_base_model(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    base_answer = ask(gateway, "judy").json()["choices"][0]["message"]["content"]
+    register_adapter(tiny_settings, tiny_model_path, "ivan", redis_client)
+    ask(gateway, "ivan")
+    other = ask(gateway, "judy")
+
+    assert other.headers["x-adapter"] == "none"
+    assert other.json()["choices"][0]["message"]["content"] == base_answer
+
+
+def test_turn_records_adapter_used(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    register_adapter(tiny_settings, tiny_model_path, "kim", redis_client)
+    ask(gateway, "kim")
+    turn = httpx.get(f"{gateway.base_url}/v1/partners/kim/sessions").json()["data"][0]["turns"][0]
+
+    assert turn["adapter"] == "kim/1"
+
+
+def test_adapter_list_marks_active(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    register_adapter(tiny_settings, tiny_model_path, "leo", redis_client)
+    register_adapter(tiny_settings, tiny_model_path, "leo", redis_client)
+    listing = httpx.get(f"{gateway.base_url}/v1/partners/leo/adapters").json()
+
+    assert [adapter["id"] for adapter in listing["data"]] == ["leo/1", "leo/2"]
+    assert [adapter["status"] for adapter in listing["data"]] == ["inactive", "active"]
