@@ -119,7 +119,7 @@ class LocalEngine:
         self.ready = False
 
     def load(self) -> None:
-        """Load the base model (blocking; converts the built-in GGUF model on first use)."""
+        """Loads the base model, blocking; the built-in GGUF model is converted on first use."""
         import torch
 
         from adapters.base_model import load_model_and_tokenizer
@@ -252,7 +252,11 @@ class LocalEngine:
 
     def _eos_token_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        ids: set[int] = set()
+        if isinstance(eos, list):
+            ids.update(eos)
+        elif eos is not None:
+            ids.add(eos)
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return ids
@@ -334,4 +338,4 @@ class _DeltaStreamer:
             self.on_delta(delta)
 
     def end(self) -> None:
-        """Does nothing: the engine sends what the trimmer still holds after generate() returns."""
+        """Does nothing: the engine sends the text the trimmer kept back after generate() returns."""

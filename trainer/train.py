@@ -195,4 +195,18 @@ class StepProgressCallback(TrainerCallback):
         metrics: dict[str, Any] = {key: value for key, value in logs.items() if isinstance(value, int | float)}
         metrics["step"] = state.global_step
         metrics["total_steps"] = state.max_steps
-        self.on_progress(f"Step {state.global_step}/{state.max_steps}", metrics)
+        self.on_progress(_step_message(state.global_step, state.max_steps, metrics), metrics)
+
+
+def _step_message(step: int, total_steps: int, metrics: dict[str, Any]) -> str:
+    """Returns a one-line summary such as 'Step 3/50: loss 0.6931, reward margin 0.0123'."""
+    parts = [f"{label} {metrics[key]:.4f}" for key, label in _STEP_METRICS if key in metrics]
+    return f"Step {step}/{total_steps}" + (": " + ", ".join(parts) if parts else "")
+
+
+_STEP_METRICS = (
+    ("loss", "loss"),
+    ("rewards/margins", "reward margin"),
+    ("rewards/accuracies", "preference accuracy"),
+    ("train_loss", "mean training loss"),
+)
