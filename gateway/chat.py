@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from adapters.engine import ContextLengthError, EngineNotReadyError, GenerationOutput, SamplingParams
@@ -179,7 +180,12 @@ async def _stream_events(context: ChatContext, services: Services, *, include_us
         return
 
     assert output is not None
-    await record_turn(context, output, services)
+    try:
+        await record_turn(context, output, services)
+    except redis.RedisError as error:
+        # The text is already sent, so the client can only learn from an error event that the turn was not stored.
+        logger.error("Request %s (partner %s): turn not stored: %s", context.request_id, context.partner.id, error)
+        yield _sse(error_body(503, "the turn was not stored: the session store (Redis) is unavailable"))
     yield _sse(_chunk(context, {}, output.finish_reason, include_usage))
     if include_usage:
         yield _sse({**_chunk(context, {}, None, include_usage), "choices": [], "usage": _usage(output)})

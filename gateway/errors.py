@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -89,6 +90,17 @@ async def _handle_http_error(request: Request, error: Exception) -> JSONResponse
     return error_response(APIError(error.status_code, message, code=code, headers=dict(error.headers or {})))
 
 
+async def _handle_redis_error(request: Request, error: Exception) -> JSONResponse:
+    logger.error("Request %s %s failed: Redis unavailable: %s", request.method, request.url.path, error)
+    unavailable = APIError(
+        503,
+        "the session store (Redis) is unavailable; retry shortly",
+        code="store_unavailable",
+        headers={"Retry-After": "5"},
+    )
+    return error_response(unavailable)
+
+
 async def _handle_unexpected(request: Request, error: Exception) -> JSONResponse:
     logger.exception("Request %s %s failed", request.method, request.url.path)
     return error_response(APIError(500, "internal server error; see the gateway log", code="internal_error"))
@@ -98,4 +110,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _handle_api_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_error)
+    app.add_exception_handler(redis.exceptions.RedisError, _handle_redis_error)
     app.add_exception_handler(Exception, _handle_unexpected)

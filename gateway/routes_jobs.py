@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query
 
 from gateway.errors import APIError
 from gateway.services import Services, get_services
+from trainer.jobs import reconcile_with_queue
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -18,7 +19,7 @@ async def _job_or_404(job_id: str, services: Services) -> dict[str, Any]:
     job = await asyncio.to_thread(services.jobs.get, job_id)
     if job is None:
         raise APIError(404, f"training job {job_id!r} not found", param="job_id", code="job_not_found")
-    return job
+    return await asyncio.to_thread(reconcile_with_queue, services.jobs, services.queue_redis, job)
 
 
 @router.get("")

@@ -7,13 +7,14 @@ import logging
 from dataclasses import asdict
 from typing import Annotated, Any
 
+import redis
 from fastapi import APIRouter, Depends, Query
 
 from adapters.registry import AdapterVersion
 from gateway.errors import APIError
 from gateway.partners import validate_id
 from gateway.services import Services, get_services
-from trainer.jobs import JobConflictError, enqueue_training, new_job, new_job_id
+from trainer.jobs import OPEN_STATUSES, JobConflictError, enqueue_training, new_job, new_job_id, reconcile_with_queue
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/partners", tags=["partners"])
@@ -94,13 +95,27 @@ def _create_and_enqueue(partner_id: str, services: Services) -> dict[str, Any]:
     try:
         services.jobs.create(job)
     except JobConflictError as error:
-        raise APIError(409, str(error), param="partner_id", code="job_already_open") from error
+        if not _open_job_ended(error.open_job_id, services):
+            raise APIError(409, str(error), param="partner_id", code="job_already_open") from error
+        services.jobs.create(job)
 
-    enqueue_training(
-        services.queue_redis,
-        queue_name=settings.queue_name,
-        job_id=job["id"],
-        timeout_s=settings.job_timeout_s,
-    )
+    try:
+        enqueue_training(
+            services.queue_redis, queue_name=settings.queue_name, job_id=job["id"], timeout_s=settings.job_timeout_s
+        )
+    except redis.RedisError as error:
+        logger.error("Job %s: enqueueing failed for partner %s: %s", job["id"], partner_id, error)
+        failure = {"code": "enqueue_failed", "message": f"enqueueing the job failed: {error}", "param": None}
+        services.jobs.set_status(job["id"], "failed", error=failure)
+        raise
+
     logger.info("Job %s: created for partner %s", job["id"], partner_id)
     return job
+
+
+def _open_job_ended(job_id: str, services: Services) -> bool:
+    """Returns True when the job blocking a new one turns out to have ended in the queue (a killed worker)."""
+    job = services.jobs.get(job_id)
+    if job is None:
+        return True
+    return reconcile_with_queue(services.jobs, services.queue_redis, job)["status"] not in OPEN_STATUSES

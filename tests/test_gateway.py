@@ -213,3 +213,36 @@ def test_health_and_readiness(gateway: RunningGateway) -> None:
 
     assert health.json() == {"status": "ok"}
     assert ready.json()["checks"] == {"model_loaded": True, "redis": True}
+
+
+def test_redis_down_returns_503(tiny_settings: Settings) -> None:
+    from tests.conftest import free_port
+
+    unreachable = tiny_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    gateway = RunningGateway(unreachable)
+    gateway.thread.start()
+    try:
+        body = {"model": TINY_MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        response = _post_when_model_loaded(f"{gateway.base_url}/v1/chat/completions", body)
+        ready = httpx.get(f"{gateway.base_url}/readyz")
+    finally:
+        gateway.stop()
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "store_unavailable"
+    assert ready.status_code == 503
+
+
+def _post_when_model_loaded(url: str, body: dict, timeout_s: float = 60.0) -> httpx.Response:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            response = httpx.post(url, json=body, timeout=30)
+            if response.json()["error"]["code"] != "model_loading" or time.monotonic() > deadline:
+                return response
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)

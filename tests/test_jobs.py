@@ -121,3 +121,43 @@ def test_job_trains_and_activates_adapter(tiny_settings: Settings, redis_client:
     assert redis_client.get(keys.active_adapter("alice")) == "1"
     assert (folder / "1" / "adapter_model.safetensors").is_file()
     assert [path.name for path in folder.iterdir()] == ["1"]
+
+
+@pytest.fixture()
+def queue_client() -> redis.Redis:
+    from tests.conftest import REDIS_URL
+
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def test_killed_worker_job_marked_failed(store: JobStore, queue_client: redis.Redis, key_prefix: str) -> None:
+    from rq.job import Job, JobStatus
+
+    from trainer.jobs import enqueue_training, reconcile_with_queue
+
+    job = make_job(store)
+    enqueue_training(queue_client, queue_name=f"training-{key_prefix}", job_id=job["id"], timeout_s=60)
+    Job.fetch(job["id"], connection=queue_client).set_status(JobStatus.FAILED)
+    reconciled = reconcile_with_queue(store, queue_client, store.get(job["id"]))
+
+    assert reconciled["status"] == "failed"
+    assert reconciled["error"]["code"] == "worker_lost"
+
+
+def test_queued_job_left_open(store: JobStore, queue_client: redis.Redis, key_prefix: str) -> None:
+    from trainer.jobs import enqueue_training, reconcile_with_queue
+
+    job = make_job(store)
+    enqueue_training(queue_client, queue_name=f"training-{key_prefix}", job_id=job["id"], timeout_s=60)
+
+    assert reconcile_with_queue(store, queue_client, store.get(job["id"]))["status"] == "queued"
+
+
+def test_job_never_enqueued_marked_failed(store: JobStore, queue_client: redis.Redis) -> None:
+    from trainer.jobs import reconcile_with_queue
+
+    job = new_job(job_id=new_job_id(), partner_id="alice", model="m", hyperparameters={})
+    job["created_at"] -= 3600
+    store.create(job)
+
+    assert reconcile_with_queue(store, queue_client, store.get(job["id"]))["status"] == "failed"

@@ -11,6 +11,8 @@ from typing import Any
 import redis
 from rq import Queue
 from rq.callbacks import Callback
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
 from adapters.keys import Keys
 
@@ -19,6 +21,9 @@ logger = logging.getLogger(__name__)
 OPEN_STATUSES = ("validating_files", "queued", "running")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 WORKER_FUNCTION = "trainer.worker.run_training_job"
+# An open job with no RQ job this long after creation was never enqueued (enqueueing failed half-way).
+MISSING_FROM_QUEUE_GRACE_S = 60
+_ENDED_IN_QUEUE = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 FAILURE_CALLBACK = "trainer.worker.on_rq_failure"
 
 # Claims the partner's single open-job slot and stores the new job, unless a job of that partner is still
@@ -201,3 +206,28 @@ def enqueue_training(queue_client: redis.Redis, *, queue_name: str, job_id: str,
         on_failure=Callback(FAILURE_CALLBACK),
     )
     logger.info("Job %s: enqueued on %s", job_id, queue_name)
+
+
+def reconcile_with_queue(store: JobStore, queue_client: redis.Redis, job: dict[str, Any]) -> dict[str, Any]:
+    """Marks an open job failed when RQ says its work ended without the job recording it.
+
+    This happens when the worker's work horse is killed (out of memory, SIGKILL): RQ then fails the job
+    without running its failure callback.
+    """
+    if job["status"] not in OPEN_STATUSES:
+        return job
+
+    try:
+        queue_status: JobStatus | None = Job.fetch(job["id"], connection=queue_client).get_status()
+    except NoSuchJobError:
+        queue_status = None
+
+    if queue_status in _ENDED_IN_QUEUE:
+        message = f"the worker stopped while running this job (queue status {queue_status.value})"
+    elif queue_status is None and time.time() - job["created_at"] > MISSING_FROM_QUEUE_GRACE_S:
+        message = "the job is not in the training queue; start a new one"
+    else:
+        return job
+
+    logger.warning("Job %s: %s (partner %s)", job["id"], message, job["partner_id"])
+    return store.set_status(job["id"], "failed", error={"code": "worker_lost", "message": message, "param": None})
