@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
@@ -27,10 +27,44 @@ def _user_dir(env_var: str, fallback: str) -> Path:
     return Path(base) / "convention-gateway"
 
 
+ENV_REFERENCE_PREFIX = "os.environ/"
+# Providers whose API is OpenAI's own wire format: the gateway forwards to them with plain HTTP instead of
+# litellm, whose per-request overhead is several milliseconds of CPU.
+OPENAI_COMPATIBLE_PROVIDERS = frozenset({"openai", "hosted_vllm", "openai_compatible", "lm_studio", "vllm"})
+
+
 class BackendParams(BaseModel):
     """Backend of one served model, in the shape of litellm's ``litellm_params``."""
 
-    model: str = Field(description="'local/<builtin name | Hugging Face id | folder>' for the local engine.")
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        description="'local/<builtin | Hugging Face id | folder>' for the local engine, or a litellm provider string "
+        "such as 'openai/gpt-4o-mini', 'hosted_vllm/<model>' or 'anthropic/<model>'."
+    )
+    api_base: str | None = Field(default=None, description="Base URL of the upstream API, e.g. http://host:8000/v1.")
+    api_key: str | None = Field(
+        default=None, description="'os.environ/<NAME>': the key is read from that environment variable at start-up."
+    )
+    timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for the upstream's complete response.")
+    max_retries: int = Field(default=2, ge=0, le=10, description="Retries on connection errors and 429/5xx statuses.")
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, model: str) -> str:
+        provider, _, target = model.partition("/")
+        if not provider or not target:
+            raise ValueError(
+                f"invalid backend model {model!r}: use '<provider>/<model>', e.g. 'local/{DEFAULT_MODEL_NAME}'"
+            )
+        return model
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, api_key: str | None) -> str | None:
+        if api_key is not None and not api_key.startswith(ENV_REFERENCE_PREFIX):
+            raise ValueError("api_key must name an environment variable as 'os.environ/<NAME>', never the key itself")
+        return api_key
 
     @property
     def provider(self) -> str:
@@ -38,22 +72,34 @@ class BackendParams(BaseModel):
 
     @property
     def target(self) -> str:
-        return self.model.split("/", 1)[1] if "/" in self.model else ""
+        return self.model.split("/", 1)[1]
+
+    @property
+    def is_local(self) -> bool:
+        return self.provider == LOCAL_PROVIDER
+
+    @property
+    def is_openai_compatible(self) -> bool:
+        return self.provider in OPENAI_COMPATIBLE_PROVIDERS
+
+    def resolve_api_key(self) -> str | None:
+        """Returns the key from the environment variable named by ``api_key``; raises when it is not set."""
+        if self.api_key is None:
+            return None
+        name = self.api_key.removeprefix(ENV_REFERENCE_PREFIX)
+        value = os.environ.get(name)
+        if not value:
+            raise ValueError(f"environment variable {name} (named by api_key of {self.model!r}) is not set")
+        return value
 
 
 class ModelEntry(BaseModel):
     """One entry of ``model_list``: the name clients send and the backend that serves it."""
 
-    model_name: str
-    litellm_params: BackendParams
+    model_config = ConfigDict(extra="forbid")
 
-    @field_validator("litellm_params")
-    @classmethod
-    def _check_provider(cls, params: BackendParams) -> BackendParams:
-        # TODO: upstream providers (openai/, anthropic/, hosted_vllm/ ...) through litellm are not built yet.
-        if params.provider != LOCAL_PROVIDER or not params.target:
-            raise ValueError(f"unsupported backend {params.model!r}: only 'local/<model>' is served by this version")
-        return params
+    model_name: str = Field(min_length=1)
+    litellm_params: BackendParams
 
 
 def _default_model_list() -> list[ModelEntry]:
@@ -121,9 +167,32 @@ class Settings(BaseSettings):
         # Environment variables win over the YAML file, whose values arrive as init arguments.
         return env_settings, init_settings
 
+    @model_validator(mode="after")
+    def _check_model_list(self) -> Settings:
+        names = [entry.model_name for entry in self.model_list]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"model_list names {', '.join(duplicates)} more than once")
+        local = [entry for entry in self.model_list if entry.litellm_params.is_local]
+        if len(local) > 1:
+            # TODO: serve several local base models at once; the engine holds one base model today.
+            raise ValueError("model_list has more than one local/ entry: this version serves one local model")
+        return self
+
     @property
-    def local_model(self) -> ModelEntry:
-        return self.model_list[0]
+    def local_model(self) -> ModelEntry | None:
+        """Returns the entry served by the local engine, or None when every model is upstream."""
+        return next((entry for entry in self.model_list if entry.litellm_params.is_local), None)
+
+    def require_local_model(self) -> ModelEntry:
+        """Returns the local entry; raises ValueError when model_list has none (training needs one)."""
+        entry = self.local_model
+        if entry is None:
+            raise ValueError("model_list has no local/ entry; training and adapters need a local base model")
+        return entry
+
+    def find_model(self, name: str) -> ModelEntry | None:
+        return next((entry for entry in self.model_list if entry.model_name == name), None)
 
     @property
     def redis_url_redacted(self) -> str:
@@ -142,11 +211,7 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
     if path:
         values = _read_yaml(Path(path))
 
-    settings = Settings(**values)
-    if len(settings.model_list) > 1:
-        # TODO: serve several local base models at once; the engine holds one base model today.
-        raise ValueError("model_list has more than one entry: this version serves one local model")
-    return settings
+    return Settings(**values)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

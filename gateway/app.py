@@ -19,8 +19,10 @@ from gateway.services import Services
 logger = logging.getLogger(__name__)
 
 
-def build_engine(settings: Settings) -> LocalEngine:
+def build_engine(settings: Settings) -> LocalEngine | None:
     entry = settings.local_model
+    if entry is None:
+        return None
     return LocalEngine(
         model_name=entry.model_name,
         model_path_loader=lambda: resolve_model_path(entry.litellm_params.target, settings.model_cache_dir),
@@ -42,8 +44,10 @@ def create_app(settings: Settings, *, engine: LocalEngine | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, engine or build_engine(settings))
         app.state.services = services
-        loading = asyncio.create_task(_load_engine(services.engine)) if not services.engine.ready else None
-        logger.info("Gateway: started (Redis %s, model %s)", settings.redis_url_redacted, services.engine.model_name)
+        engine_to_load = services.engine if services.engine is not None and not services.engine.ready else None
+        loading = asyncio.create_task(_load_engine(engine_to_load)) if engine_to_load is not None else None
+        served = ", ".join(entry.model_name for entry in settings.model_list)
+        logger.info("Gateway: started (Redis %s, models %s)", settings.redis_url_redacted, served)
         try:
             yield
         finally:

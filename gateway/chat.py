@@ -53,17 +53,15 @@ class ChatContext:
         }
 
 
+def model_not_found(model: str, services: Services) -> APIError:
+    served = ", ".join(entry.model_name for entry in services.settings.model_list)
+    return APIError(
+        404, f"the model {model!r} does not exist; served models: {served}", param="model", code="model_not_found"
+    )
+
+
 def check_request(body: ChatCompletionRequest, services: Services) -> None:
     """Rejects fields the local engine cannot honour, with a 400 that names the field."""
-    served = [entry.model_name for entry in services.settings.model_list]
-    if body.model not in served:
-        raise APIError(
-            404,
-            f"the model {body.model!r} does not exist; served models: {', '.join(served)}",
-            param="model",
-            code="model_not_found",
-        )
-
     extra = body.model_extra or {}
     for name in UNSUPPORTED_FIELDS:
         if extra.get(name) not in (None, False, [], {}):
@@ -98,13 +96,13 @@ async def prepare(
         seed=body.seed,
     )
     try:
-        services.engine.check_context(messages, max_tokens)
+        services.local_engine().check_context(messages, max_tokens)
     except EngineNotReadyError as error:
         raise APIError(503, str(error), code="model_loading", headers={"Retry-After": RETRY_AFTER_S}) from error
     except ContextLengthError as error:
         raise APIError(400, str(error), param="messages", code="context_length_exceeded") from error
 
-    session_id = await _session_for(partner, messages, session_header, services)
+    session_id = await resolve_session_id(partner, messages, session_header, services)
     adapter = None if partner.anonymous else await fetch_active_adapter(services.redis, services.keys, partner.id)
     if adapter is not None and adapter.base_model != body.model:
         adapter = None
@@ -121,7 +119,7 @@ async def prepare(
     )
 
 
-async def _session_for(
+async def resolve_session_id(
     partner: Partner, messages: list[dict[str, str]], session_header: str | None, services: Services
 ) -> str:
     if session_header:
@@ -132,7 +130,7 @@ async def _session_for(
 
 async def complete(context: ChatContext, services: Services) -> JSONResponse:
     try:
-        output = await services.engine.generate(context.messages, context.params, context.adapter)
+        output = await services.local_engine().generate(context.messages, context.params, context.adapter)
     except ContextLengthError as error:
         raise APIError(400, str(error), param="messages", code="context_length_exceeded") from error
 
@@ -168,7 +166,7 @@ async def _stream_events(context: ChatContext, services: Services, *, include_us
     yield _sse(_chunk(context, {"role": "assistant", "content": ""}, None, include_usage))
     output: GenerationOutput | None = None
     try:
-        async for item in services.engine.stream(context.messages, context.params, context.adapter):
+        async for item in services.local_engine().stream(context.messages, context.params, context.adapter):
             if isinstance(item, GenerationOutput):
                 output = item
             else:

@@ -22,7 +22,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(services: Annotated[Services, Depends(get_services)]) -> JSONResponse:
-    checks: dict[str, Any] = {"model_loaded": services.engine.ready}
+    checks: dict[str, Any] = {"model_loaded": services.engine is None or services.engine.ready}
     try:
         checks["redis"] = bool(await services.redis.ping())
     except (redis.exceptions.RedisError, OSError) as error:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from gateway import chat
+from gateway import chat, upstream
 from gateway.errors import APIError
 from gateway.partners import resolve_partner
 from gateway.schemas import ChatCompletionRequest
@@ -30,6 +30,12 @@ async def create_chat_completion(
         safety_identifier=body.safety_identifier,
         anonymous_id=services.settings.anonymous_partner_id,
     )
+    entry = services.settings.find_model(body.model)
+    if entry is None:
+        raise chat.model_not_found(body.model, services)
+    if not entry.litellm_params.is_local:
+        return await upstream.serve_upstream_chat(body, entry, partner, x_session_id, services)
+
     context = await chat.prepare(body, partner, x_session_id, services)
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage

@@ -65,6 +65,10 @@ async def start_training(partner_id: str, services: ServicesDep) -> dict[str, An
     _check_partner_id(partner_id)
     if partner_id == services.settings.anonymous_partner_id:
         raise APIError(400, "turns of anonymous requests are never used for training", param="partner_id")
+    if services.settings.local_model is None:
+        raise APIError(
+            400, "no local/ model is configured in model_list, so there is no base model to train", param="model"
+        )
     if await services.sessions.count_sessions(partner_id) == 0:
         raise APIError(
             400,
@@ -89,7 +93,7 @@ def _create_and_enqueue(partner_id: str, services: Services) -> dict[str, Any]:
     job = new_job(
         job_id=new_job_id(),
         partner_id=partner_id,
-        model=settings.local_model.model_name,
+        model=settings.require_local_model().model_name,
         hyperparameters=hyperparameters,
     )
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
 import redis
 import redis.asyncio as aioredis
 from fastapi import Request
@@ -16,6 +17,9 @@ from gateway.sessions import SessionStore
 from trainer.jobs import JobStore
 
 REDIS_TIMEOUT_S = 5.0
+UPSTREAM_MAX_CONNECTIONS = 256
+UPSTREAM_DEFAULT_TIMEOUT_S = 600.0
+UPSTREAM_CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -30,10 +34,11 @@ class Services:
     sessions: SessionStore
     registry: AdapterRegistry
     jobs: JobStore
-    engine: LocalEngine
+    engine: LocalEngine | None
+    upstream_http: httpx.AsyncClient
 
     @classmethod
-    def build(cls, settings: Settings, engine: LocalEngine) -> Services:
+    def build(cls, settings: Settings, engine: LocalEngine | None) -> Services:
         keys = Keys(settings.key_prefix)
         timeouts = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
         async_client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **timeouts)
@@ -50,13 +55,26 @@ class Services:
             registry=AdapterRegistry(sync_client, keys),
             jobs=JobStore(sync_client, keys),
             engine=engine,
+            upstream_http=httpx.AsyncClient(
+                limits=httpx.Limits(
+                    max_connections=UPSTREAM_MAX_CONNECTIONS, max_keepalive_connections=UPSTREAM_MAX_CONNECTIONS
+                ),
+                timeout=httpx.Timeout(UPSTREAM_DEFAULT_TIMEOUT_S, connect=UPSTREAM_CONNECT_TIMEOUT_S),
+            ),
         )
+
+    def local_engine(self) -> LocalEngine:
+        if self.engine is None:
+            raise RuntimeError("no local/ model is configured, so there is no local engine")
+        return self.engine
 
     async def close(self) -> None:
         await self.redis.aclose()
         self.redis_sync.close()
         self.queue_redis.close()
-        self.engine.shutdown()
+        await self.upstream_http.aclose()
+        if self.engine is not None:
+            self.engine.shutdown()
 
 
 def get_services(request: Request) -> Services:

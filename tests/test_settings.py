@@ -44,10 +44,47 @@ def test_redis_password_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "s3cret" not in load_settings(None).redis_url_redacted
 
 
-def test_upstream_provider_rejected(tmp_path: Path) -> None:
-    config = "model_list:\n  - model_name: gpt\n    litellm_params:\n      model: openai/gpt-4o\n"
+def test_upstream_entry_accepted(tmp_path: Path) -> None:
+    config = (
+        "model_list:\n  - model_name: gpt\n    litellm_params:\n      model: openai/gpt-4o\n"
+        "      api_base: http://127.0.0.1:9999/v1\n      api_key: os.environ/UPSTREAM_KEY\n"
+    )
+    entry = load_settings(write_config(tmp_path, config)).model_list[0]
 
-    with pytest.raises(ValueError, match="openai/gpt-4o"):
+    assert entry.litellm_params.is_openai_compatible is True
+    assert entry.litellm_params.api_key == "os.environ/UPSTREAM_KEY"
+
+
+def test_literal_api_key_rejected(tmp_path: Path) -> None:
+    config = (
+        "model_list:\n  - model_name: gpt\n    litellm_params:\n      model: openai/gpt-4o\n      api_key: sk-123\n"
+    )
+
+    with pytest.raises(ValueError, match="os.environ/"):
+        load_settings(write_config(tmp_path, config))
+
+
+def test_api_key_read_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPSTREAM_KEY", "sk-from-env")
+    config = "model_list:\n  - model_name: gpt\n    litellm_params:\n      model: openai/x\n      api_key: os.environ/UPSTREAM_KEY\n"
+
+    assert load_settings(write_config(tmp_path, config)).model_list[0].litellm_params.resolve_api_key() == "sk-from-env"
+
+
+def test_duplicate_model_names_rejected(tmp_path: Path) -> None:
+    entry = "  - model_name: same\n    litellm_params:\n      model: openai/x\n"
+
+    with pytest.raises(ValueError, match="more than once"):
+        load_settings(write_config(tmp_path, "model_list:\n" + entry + entry))
+
+
+def test_two_local_models_rejected(tmp_path: Path) -> None:
+    config = (
+        "model_list:\n  - model_name: a\n    litellm_params:\n      model: local/a\n"
+        "  - model_name: b\n    litellm_params:\n      model: local/b\n"
+    )
+
+    with pytest.raises(ValueError, match="one local model"):
         load_settings(write_config(tmp_path, config))
 
 

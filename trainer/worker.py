@@ -88,7 +88,8 @@ def _train_and_publish(
             "Chat more with this partner and start the job again."
         )
 
-    model_path = resolve_model_path(settings.local_model.litellm_params.target, settings.model_cache_dir)
+    base = settings.require_local_model()
+    model_path = resolve_model_path(base.litellm_params.target, settings.model_cache_dir)
     partner_dir = settings.artifact_dir / partner_id
     staging = partner_dir / f".staging-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
@@ -112,7 +113,7 @@ def _train_and_publish(
     adapter = AdapterVersion(
         partner_id=partner_id,
         version=version,
-        base_model=settings.local_model.model_name,
+        base_model=base.model_name,
         path=str(final),
         created_at=int(time.time()),
         job_id=job_id,
