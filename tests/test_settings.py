@@ -66,9 +66,13 @@ def test_literal_api_key_rejected(tmp_path: Path) -> None:
 
 def test_api_key_read_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UPSTREAM_KEY", "sk-from-env")
-    config = "model_list:\n  - model_name: gpt\n    litellm_params:\n      model: openai/x\n      api_key: os.environ/UPSTREAM_KEY\n"
+    config = (
+        "model_list:\n  - model_name: gpt\n    litellm_params:\n      model: openai/x\n"
+        "      api_key: os.environ/UPSTREAM_KEY\n"
+    )
+    params = load_settings(write_config(tmp_path, config)).model_list[0].litellm_params
 
-    assert load_settings(write_config(tmp_path, config)).model_list[0].litellm_params.resolve_api_key() == "sk-from-env"
+    assert params.resolve_api_key() == "sk-from-env"
 
 
 def test_duplicate_model_names_rejected(tmp_path: Path) -> None:
