@@ -18,7 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.decoding import SamplingParams, TokenLogprob, decode
 from adapters.registry import AdapterVersion
+
+__all__ = [
+    "ContextLengthError",
+    "EngineNotReadyError",
+    "GenerationOutput",
+    "LocalEngine",
+    "SamplingParams",
+    "TextDelta",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +45,20 @@ class ContextLengthError(ValueError):
         )
 
 
+class EngineOverloadedError(RuntimeError):
+    """Too many requests are already waiting for the generation thread."""
+
+
 class EngineNotReadyError(RuntimeError):
     """The base model is still loading."""
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-request generation settings in OpenAI's terms."""
+@dataclass
+class TextDelta:
+    """New completion text and the logprobs of the tokens that produced it (when requested)."""
 
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
+    text: str
+    logprobs: list[TokenLogprob]
 
 
 @dataclass
@@ -58,6 +69,7 @@ class GenerationOutput:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -107,8 +119,17 @@ def peft_adapter_name(adapter: AdapterVersion) -> str:
 class LocalEngine:
     """Serves chat completions from one base model and its LoRA adapters."""
 
-    def __init__(self, *, model_name: str, model_path_loader: Callable[[], str], max_loaded_adapters: int) -> None:
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        model_path_loader: Callable[[], str],
+        max_loaded_adapters: int,
+        max_pending_requests: int = 32,
+    ) -> None:
         self.model_name = model_name
+        self.max_pending_requests = max_pending_requests
+        self.pending_requests = 0
         self._model_path_loader = model_path_loader
         self.max_loaded_adapters = max_loaded_adapters
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -137,30 +158,56 @@ class LocalEngine:
     def loaded_adapters(self) -> list[str]:
         return list(self._loaded)
 
-    async def generate(
-        self, messages: list[dict[str, str]], params: SamplingParams, adapter: AdapterVersion | None
-    ) -> GenerationOutput:
+    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Returns the token ids of ``messages`` rendered with the model's chat template."""
         self._check_ready()
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = rendered["input_ids"] if hasattr(rendered, "keys") else rendered
+        return [int(token) for token in ids]
+
+    def text_prompt_ids(self, prompt: str) -> list[int]:
+        """Returns the token ids of a plain-text prompt (legacy completions)."""
+        self._check_ready()
+        return [int(token) for token in self.tokenizer(prompt)["input_ids"]]
+
+    def check_context(self, prompt_tokens: int, max_tokens: int) -> None:
+        """Raises ContextLengthError when the prompt plus ``max_tokens`` does not fit the context window."""
+        if prompt_tokens + max_tokens > self.context_length:
+            raise ContextLengthError(prompt_tokens, max_tokens, self.context_length)
+
+    @property
+    def vocab_size(self) -> int:
+        """Returns the number of logits per step, the valid range of token ids in ``logit_bias``."""
+        return int(self.model.config.vocab_size)
+
+    def token_text(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
+
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, adapter: AdapterVersion | None
+    ) -> GenerationOutput:
+        self._admit()
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
         try:
-            return await loop.run_in_executor(self._executor, self._generate, messages, params, adapter, None, cancel)
+            return await loop.run_in_executor(self._executor, self._generate, prompt_ids, params, adapter, None, cancel)
         finally:
             cancel.set()
+            self.pending_requests -= 1
 
     async def stream(
-        self, messages: list[dict[str, str]], params: SamplingParams, adapter: AdapterVersion | None
-    ) -> AsyncIterator[str | GenerationOutput]:
+        self, prompt_ids: list[int], params: SamplingParams, adapter: AdapterVersion | None
+    ) -> AsyncIterator[TextDelta | GenerationOutput]:
         """Yields text deltas, then the final GenerationOutput. Closing the iterator stops generation."""
-        self._check_ready()
+        self._admit()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
 
-        def on_delta(text: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, text)
+        def on_delta(delta: TextDelta) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, delta)
 
-        future = loop.run_in_executor(self._executor, self._generate, messages, params, adapter, on_delta, cancel)
+        future = loop.run_in_executor(self._executor, self._generate, prompt_ids, params, adapter, on_delta, cancel)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, _STREAM_END))
         try:
             while (item := await queue.get()) is not _STREAM_END:
@@ -168,15 +215,16 @@ class LocalEngine:
             yield await future
         finally:
             cancel.set()
+            self.pending_requests -= 1
 
-    def check_context(self, messages: list[dict[str, str]], max_tokens: int) -> int:
-        """Returns the prompt's token count; raises ContextLengthError when the completion would not fit."""
+    def _admit(self) -> None:
+        """Counts a request in, or raises EngineOverloadedError when the queue is full."""
         self._check_ready()
-        prompt_ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        prompt_tokens = len(prompt_ids["input_ids"] if isinstance(prompt_ids, dict) else prompt_ids)
-        if prompt_tokens + max_tokens > self.context_length:
-            raise ContextLengthError(prompt_tokens, max_tokens, self.context_length)
-        return prompt_tokens
+        if self.pending_requests >= self.max_pending_requests:
+            raise EngineOverloadedError(
+                f"model {self.model_name} already has {self.pending_requests} requests waiting; retry shortly"
+            )
+        self.pending_requests += 1
 
     def _check_ready(self) -> None:
         if not self.ready:
@@ -184,71 +232,27 @@ class LocalEngine:
 
     def _generate(
         self,
-        messages: list[dict[str, str]],
+        prompt_ids: list[int],
         params: SamplingParams,
         adapter: AdapterVersion | None,
-        on_delta: Callable[[str], None] | None,
+        on_delta: Callable[[TextDelta], None] | None,
         cancel: threading.Event,
     ) -> GenerationOutput:
-        import torch
-
-        inputs = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-        )
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        if prompt_tokens + params.max_tokens > self.context_length:
-            raise ContextLengthError(prompt_tokens, params.max_tokens, self.context_length)
-
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        trimmer = _StopTrimmer(params.stop)
-        streamer = _DeltaStreamer(self.tokenizer, trimmer, on_delta, cancel)
+        self.check_context(len(prompt_ids), params.max_tokens)
+        collector = _DeltaCollector(self.tokenizer, _StopTrimmer(params.stop), on_delta, cancel)
         with self._adapter_selected(adapter):
-            output_ids = self.model.generate(**inputs, **self._generation_kwargs(params, cancel), streamer=streamer)
+            generated, ended = decode(
+                self.model, prompt_ids, params, eos_token_ids=self._eos_token_ids(), on_token=collector.on_token
+            )
 
-        generated = output_ids[0][prompt_tokens:]
-        tail = trimmer.feed(self._decode(generated)) + trimmer.finish()
-        if tail and on_delta is not None:
-            on_delta(tail)
+        collector.flush()
         return GenerationOutput(
-            text=trimmer.text,
-            finish_reason=self._finish_reason(generated, params, trimmer),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=int(generated.shape[0]),
+            text=collector.trimmer.text,
+            finish_reason="stop" if ended else "length",
+            prompt_tokens=len(prompt_ids),
+            completion_tokens=len(generated),
+            logprobs=collector.all_logprobs if params.logprobs else None,
         )
-
-    def _generation_kwargs(self, params: SamplingParams, cancel: threading.Event) -> dict[str, Any]:
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class _Cancelled(StoppingCriteria):  # type: ignore[misc]
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
-                return cancel.is_set()
-
-        criteria = StoppingCriteriaList([_Cancelled()])
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_tokens,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "stopping_criteria": criteria,
-        }
-        if params.stop:
-            kwargs["stop_strings"] = list(params.stop)
-            kwargs["tokenizer"] = self.tokenizer
-        if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
-
-    def _decode(self, token_ids: Any) -> str:
-        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
-
-    def _finish_reason(self, generated: Any, params: SamplingParams, trimmer: _StopTrimmer) -> str:
-        if trimmer.stopped:
-            return "stop"
-        ended_on_eos = generated.shape[0] > 0 and int(generated[-1]) in self._eos_token_ids()
-        if not ended_on_eos and generated.shape[0] >= params.max_tokens:
-            return "length"
-        return "stop"
 
     def _eos_token_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -304,14 +308,14 @@ class LocalEngine:
             logger.info("Engine: adapter %s unloaded (least recently used)", public_name)
 
 
-class _DeltaStreamer:
-    """A transformers streamer that decodes the growing completion and forwards new text."""
+class _DeltaCollector:
+    """Decodes the growing completion after every token and forwards text that is safe to send."""
 
     def __init__(
         self,
         tokenizer: Any,
         trimmer: _StopTrimmer,
-        on_delta: Callable[[str], None] | None,
+        on_delta: Callable[[TextDelta], None] | None,
         cancel: threading.Event,
     ) -> None:
         self.tokenizer = tokenizer
@@ -319,23 +323,31 @@ class _DeltaStreamer:
         self.on_delta = on_delta
         self.cancel = cancel
         self.token_ids: list[int] = []
-        self.prompt_seen = False
+        self.pending_logprobs: list[TokenLogprob] = []
+        self.all_logprobs: list[TokenLogprob] = []
 
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        if self.on_delta is None:
-            return
+    def on_token(self, token: int, logprob: TokenLogprob | None) -> bool:
+        """Takes one generated token; returns False when generation must stop."""
+        if self.cancel.is_set():
+            return False
 
-        self.token_ids.extend(int(token) for token in value.reshape(-1).tolist())
+        self.token_ids.append(token)
+        if logprob is not None:
+            self.pending_logprobs.append(logprob)
+            self.all_logprobs.append(logprob)
         text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
         # An incomplete multi-byte character decodes to U+FFFD; wait for the next token to complete it.
-        if text.endswith("\ufffd"):
-            return
-        delta = self.trimmer.feed(text)
-        if delta:
-            self.on_delta(delta)
+        if not text.endswith("\ufffd"):
+            self._send(self.trimmer.feed(text))
+        return not self.trimmer.stopped
 
-    def end(self) -> None:
-        """Does nothing: the engine sends the text the trimmer kept back after generate() returns."""
+    def flush(self) -> None:
+        """Sends the text the stop trimmer kept back, once generation has ended."""
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        self._send(self.trimmer.feed(text) + self.trimmer.finish(), final=True)
+
+    def _send(self, text: str, *, final: bool = False) -> None:
+        if self.on_delta is None or not (text or (final and self.pending_logprobs)):
+            return
+        self.on_delta(TextDelta(text=text, logprobs=self.pending_logprobs))
+        self.pending_logprobs = []

@@ -120,3 +120,29 @@ async def fetch_active_adapter(client: aioredis.Redis, keys: Keys, partner_id: s
         logger.warning("Registry: partner %s active version %s has no metadata", partner_id, version)
         return None
     return AdapterVersion.from_json(raw)
+
+
+async def fetch_adapter(client: aioredis.Redis, keys: Keys, partner_id: str, version: int) -> AdapterVersion | None:
+    """Returns one adapter version of a partner, or None when it does not exist."""
+    raw = await client.hget(keys.adapters(partner_id), str(version))
+    return AdapterVersion.from_json(raw) if raw is not None else None
+
+
+async def fetch_adapters(client: aioredis.Redis, keys: Keys, partner_id: str) -> list[AdapterVersion]:
+    values = await client.hvals(keys.adapters(partner_id))
+    return sorted((AdapterVersion.from_json(raw) for raw in values), key=lambda adapter: adapter.version)
+
+
+def adapter_model_id(adapter: AdapterVersion) -> str:
+    """Returns the model id clients can send to request this adapter version explicitly."""
+    return f"ft:{adapter.base_model}:{adapter.partner_id}:{adapter.version}"
+
+
+def parse_adapter_model_id(model: str) -> tuple[str, str, int] | None:
+    """Splits ``ft:<base>:<partner>:<version>`` into its parts; returns None for other model names."""
+    if not model.startswith("ft:"):
+        return None
+    parts = model[3:].rsplit(":", 2)
+    if len(parts) != 3 or not parts[2].isdigit():
+        return None
+    return parts[0], parts[1], int(parts[2])

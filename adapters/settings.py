@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(default=3600, ge=10)
     max_loaded_adapters: int = Field(default=8, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
+    max_pending_requests: int = Field(
+        default=32, ge=1, description="Local requests generating or waiting; more are rejected with 503."
+    )
     anonymous_partner_id: str = "anonymous"
     conversation_index_ttl_s: int = Field(
         default=30 * 24 * 3600,

@@ -27,6 +27,7 @@ def build_engine(settings: Settings) -> LocalEngine | None:
         model_name=entry.model_name,
         model_path_loader=lambda: resolve_model_path(entry.litellm_params.target, settings.model_cache_dir),
         max_loaded_adapters=settings.max_loaded_adapters,
+        max_pending_requests=settings.max_pending_requests,
     )
 
 
