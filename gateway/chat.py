@@ -1,4 +1,4 @@
-"""Serving one chat completion: checks, adapter choice, generation, streaming and recording the turn."""
+"""Serving one chat completion on the local engine: checks, generation, streaming and recording the turn."""
 
 from __future__ import annotations
 
@@ -7,16 +7,27 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from adapters.engine import ContextLengthError, EngineNotReadyError, GenerationOutput, SamplingParams
-from adapters.registry import AdapterVersion, fetch_active_adapter
+from adapters.decoding import SamplingParams
+from adapters.engine import (
+    ContextLengthError,
+    EngineNotReadyError,
+    EngineOverloadedError,
+    GenerationOutput,
+    LocalEngine,
+    TextDelta,
+)
+from adapters.registry import AdapterVersion
 from gateway.errors import APIError, error_body
+from gateway.logprobs import chat_logprobs
 from gateway.partners import Partner, validate_id
+from gateway.routing import Route
+from gateway.sampling import choice_seed, resolve_max_tokens, sampling_params
 from gateway.schemas import UNSUPPORTED_FIELDS, ChatCompletionRequest
 from gateway.services import Services
 from gateway.sessions import build_turn, new_session_id
@@ -25,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 NO_ADAPTER = "none"
 RETRY_AFTER_S = "5"
+SSE_DONE = "data: [DONE]\n\n"
 
 
 @dataclass
@@ -36,7 +48,9 @@ class ChatContext:
     session_id: str
     model: str
     messages: list[dict[str, str]]
+    prompt_ids: list[int]
     params: SamplingParams
+    choices: int
     adapter: AdapterVersion | None
     created: int
     started_at: float
@@ -46,74 +60,89 @@ class ChatContext:
         return self.adapter.name if self.adapter is not None else NO_ADAPTER
 
     def headers(self) -> dict[str, str]:
-        return {
-            "X-Adapter": self.adapter_header,
-            "X-Session-ID": self.session_id,
-            "X-Request-ID": self.request_id,
-        }
+        return {"X-Adapter": self.adapter_header, "X-Session-ID": self.session_id, "X-Request-ID": self.request_id}
+
+    def choice_params(self, index: int) -> SamplingParams:
+        return replace(self.params, seed=choice_seed(self.params.seed, index))
 
 
-def model_not_found(model: str, services: Services) -> APIError:
-    served = ", ".join(entry.model_name for entry in services.settings.model_list)
-    return APIError(
-        404, f"the model {model!r} does not exist; served models: {served}", param="model", code="model_not_found"
-    )
-
-
-def check_request(body: ChatCompletionRequest, services: Services) -> None:
+def check_request(body: ChatCompletionRequest) -> None:
     """Rejects fields the local engine cannot honour, with a 400 that names the field."""
     extra = body.model_extra or {}
     for name in UNSUPPORTED_FIELDS:
         if extra.get(name) not in (None, False, [], {}):
             raise APIError(
-                400,
-                f"'{name}' is not supported by the local engine",
-                param=name,
-                code="unsupported_parameter",
+                400, f"'{name}' is not supported by the local engine", param=name, code="unsupported_parameter"
             )
+
     if body.response_format not in (None, {"type": "text"}):
-        raise APIError(400, "only response_format {'type': 'text'} is supported", param="response_format")
-    if body.n != 1:
-        raise APIError(400, f"n={body.n} is not supported; the local engine returns one choice", param="n")
-    if any(
-        isinstance(message.content, list) and any(part.type != "text" for part in message.content)
-        for message in body.messages
-    ):
-        raise APIError(400, "only text content parts are supported", param="messages", code="unsupported_parameter")
+        raise APIError(
+            400,
+            "only response_format {'type': 'text'} is supported by the local engine",
+            param="response_format",
+            code="unsupported_parameter",
+        )
+    if body.top_logprobs and not body.logprobs:
+        raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs", code="invalid_value")
+    for message in body.messages:
+        if isinstance(message.content, list) and any(part.type != "text" for part in message.content):
+            raise APIError(400, "only text content parts are supported", param="messages", code="unsupported_parameter")
+
+
+def engine_errors_to_api(error: Exception) -> APIError:
+    """Maps the local engine's admission errors to OpenAI statuses."""
+    if isinstance(error, EngineOverloadedError):
+        return APIError(503, str(error), code="engine_overloaded", headers={"Retry-After": RETRY_AFTER_S})
+    if isinstance(error, EngineNotReadyError):
+        return APIError(503, str(error), code="model_loading", headers={"Retry-After": RETRY_AFTER_S})
+    return APIError(400, str(error), param="messages", code="context_length_exceeded")
+
+
+def check_capacity(engine: LocalEngine) -> None:
+    if not engine.ready:
+        raise engine_errors_to_api(EngineNotReadyError(f"model {engine.model_name} is still loading; retry shortly"))
+    if engine.pending_requests >= engine.max_pending_requests:
+        overloaded = EngineOverloadedError(
+            f"model {engine.model_name} already has {engine.pending_requests} requests waiting; retry shortly"
+        )
+        raise engine_errors_to_api(overloaded)
 
 
 async def prepare(
-    body: ChatCompletionRequest, partner: Partner, session_header: str | None, services: Services
+    body: ChatCompletionRequest, route: Route, partner: Partner, session_header: str | None, services: Services
 ) -> ChatContext:
-    check_request(body, services)
+    check_request(body)
+    engine = services.local_engine()
+    check_capacity(engine)
+
     messages = body.plain_messages()
-    max_tokens = body.max_completion_tokens or body.max_tokens or services.settings.default_max_tokens
-    params = SamplingParams(
-        max_tokens=max_tokens,
+    prompt_ids = engine.chat_prompt_ids(messages)
+    requested = body.max_completion_tokens or body.max_tokens
+    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    params = sampling_params(
+        max_tokens=resolve_max_tokens(requested, services.settings.default_max_tokens, len(prompt_ids), engine, param),
         temperature=body.temperature,
         top_p=body.top_p,
         stop=body.stop_sequences(),
         seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=body.logit_bias,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs or 0,
+        vocab_size=engine.vocab_size,
     )
-    try:
-        services.local_engine().check_context(messages, max_tokens)
-    except EngineNotReadyError as error:
-        raise APIError(503, str(error), code="model_loading", headers={"Retry-After": RETRY_AFTER_S}) from error
-    except ContextLengthError as error:
-        raise APIError(400, str(error), param="messages", code="context_length_exceeded") from error
 
-    session_id = await resolve_session_id(partner, messages, session_header, services)
-    adapter = None if partner.anonymous else await fetch_active_adapter(services.redis, services.keys, partner.id)
-    if adapter is not None and adapter.base_model != body.model:
-        adapter = None
     return ChatContext(
         request_id=f"chatcmpl-{secrets.token_hex(12)}",
         partner=partner,
-        session_id=session_id,
+        session_id=await resolve_session_id(partner, messages, session_header, services),
         model=body.model,
         messages=messages,
+        prompt_ids=prompt_ids,
         params=params,
-        adapter=adapter,
+        choices=body.n,
+        adapter=route.adapter,
         created=int(time.time()),
         started_at=time.time(),
     )
@@ -129,27 +158,32 @@ async def resolve_session_id(
 
 
 async def complete(context: ChatContext, services: Services) -> JSONResponse:
-    try:
-        output = await services.local_engine().generate(context.messages, context.params, context.adapter)
-    except ContextLengthError as error:
-        raise APIError(400, str(error), param="messages", code="context_length_exceeded") from error
+    engine = services.local_engine()
+    outputs = []
+    for index in range(context.choices):
+        try:
+            outputs.append(await engine.generate(context.prompt_ids, context.choice_params(index), context.adapter))
+        except (ContextLengthError, EngineNotReadyError, EngineOverloadedError) as error:
+            raise engine_errors_to_api(error) from error
 
-    await record_turn(context, output, services)
+    await record_turn(context, outputs[0], services)
+    choices = [
+        {
+            "index": index,
+            "message": {"role": "assistant", "content": output.text, "refusal": None},
+            "logprobs": chat_logprobs(output.logprobs, engine.token_text) if output.logprobs is not None else None,
+            "finish_reason": output.finish_reason,
+        }
+        for index, output in enumerate(outputs)
+    ]
     body = {
         "id": context.request_id,
         "object": "chat.completion",
         "created": context.created,
         "model": context.model,
         "system_fingerprint": context.adapter_header,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": output.text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": output.finish_reason,
-            }
-        ],
-        "usage": _usage(output),
+        "choices": choices,
+        "usage": usage(outputs),
     }
     return JSONResponse(body, headers=context.headers())
 
@@ -163,62 +197,77 @@ def stream(context: ChatContext, services: Services, *, include_usage: bool) -> 
 
 
 async def _stream_events(context: ChatContext, services: Services, *, include_usage: bool) -> AsyncIterator[str]:
-    yield _sse(_chunk(context, {"role": "assistant", "content": ""}, None, include_usage))
-    output: GenerationOutput | None = None
-    try:
-        async for item in services.local_engine().stream(context.messages, context.params, context.adapter):
-            if isinstance(item, GenerationOutput):
-                output = item
-            else:
-                yield _sse(_chunk(context, {"content": item}, None, include_usage))
-    except (ContextLengthError, EngineNotReadyError) as error:
-        logger.warning("Request %s (partner %s): stream failed, %s", context.request_id, context.partner.id, error)
-        yield _sse(error_body(400, str(error), param="messages", code="generation_failed"))
-        yield "data: [DONE]\n\n"
-        return
+    engine = services.local_engine()
+    outputs: list[GenerationOutput] = []
+    for index in range(context.choices):
+        yield sse(_chunk(context, index, {"role": "assistant", "content": ""}, None, include_usage))
+        try:
+            async for item in engine.stream(context.prompt_ids, context.choice_params(index), context.adapter):
+                if isinstance(item, TextDelta):
+                    yield sse(_chunk(context, index, {"content": item.text}, None, include_usage, item, engine))
+                else:
+                    outputs.append(item)
+        except (ContextLengthError, EngineNotReadyError, EngineOverloadedError) as error:
+            logger.warning("Request %s (partner %s): stream failed, %s", context.request_id, context.partner.id, error)
+            api_error = engine_errors_to_api(error)
+            yield sse(error_body(api_error.status_code, api_error.message, param=api_error.param, code=api_error.code))
+            yield SSE_DONE
+            return
+        yield sse(_chunk(context, index, {}, outputs[-1].finish_reason, include_usage))
 
-    assert output is not None
     try:
-        await record_turn(context, output, services)
+        await record_turn(context, outputs[0], services)
     except redis.RedisError as error:
         # The text is already sent, so the client can only learn from an error event that the turn was not stored.
         logger.error("Request %s (partner %s): turn not stored: %s", context.request_id, context.partner.id, error)
-        yield _sse(error_body(503, "the turn was not stored: the session store (Redis) is unavailable"))
-    yield _sse(_chunk(context, {}, output.finish_reason, include_usage))
+        yield sse(error_body(503, "the turn was not stored: the session store (Redis) is unavailable"))
     if include_usage:
-        yield _sse({**_chunk(context, {}, None, include_usage), "choices": [], "usage": _usage(output)})
-    yield "data: [DONE]\n\n"
+        yield sse({**_chunk(context, 0, {}, None, include_usage), "choices": [], "usage": usage(outputs)})
+    yield SSE_DONE
 
 
 def _chunk(
-    context: ChatContext, delta: dict[str, Any], finish_reason: str | None, include_usage: bool
+    context: ChatContext,
+    index: int,
+    delta: dict[str, Any],
+    finish_reason: str | None,
+    include_usage: bool,
+    text_delta: TextDelta | None = None,
+    engine: LocalEngine | None = None,
 ) -> dict[str, Any]:
+    logprobs = None
+    if text_delta is not None and engine is not None and context.params.logprobs:
+        logprobs = chat_logprobs(text_delta.logprobs, engine.token_text)
     chunk: dict[str, Any] = {
         "id": context.request_id,
         "object": "chat.completion.chunk",
         "created": context.created,
         "model": context.model,
         "system_fingerprint": context.adapter_header,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
     if include_usage:
         chunk["usage"] = None
     return chunk
 
 
-def _sse(payload: dict[str, Any]) -> str:
+def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def _usage(output: GenerationOutput) -> dict[str, int]:
+def usage(outputs: list[GenerationOutput]) -> dict[str, int]:
+    """Returns OpenAI's usage object; the prompt is counted once, whatever the number of choices."""
+    prompt_tokens = outputs[0].prompt_tokens if outputs else 0
+    completion_tokens = sum(output.completion_tokens for output in outputs)
     return {
-        "prompt_tokens": output.prompt_tokens,
-        "completion_tokens": output.completion_tokens,
-        "total_tokens": output.prompt_tokens + output.completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
 
 
 async def record_turn(context: ChatContext, output: GenerationOutput, services: Services) -> None:
+    """Stores the turn with the first choice's text, which is the reply a client continues the conversation with."""
     turn = build_turn(
         request_id=context.request_id,
         partner_id=context.partner.id,
@@ -229,7 +278,7 @@ async def record_turn(context: ChatContext, output: GenerationOutput, services: 
         messages=context.messages,
         response_text=output.text,
         finish_reason=output.finish_reason,
-        usage=_usage(output),
+        usage=usage([output]),
         created_at=context.started_at,
     )
     await services.sessions.append_turn(turn)

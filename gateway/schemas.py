@@ -13,14 +13,30 @@ UNSUPPORTED_FIELDS = (
     "tool_choice",
     "functions",
     "function_call",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
+    "parallel_tool_calls",
     "audio",
     "modalities",
     "prediction",
     "web_search_options",
 )
+MAX_CHOICES = 16
+
+
+MAX_STOP_SEQUENCES = 4
+
+
+def check_stop(stop: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(stop, list) and len(stop) > MAX_STOP_SEQUENCES:
+        raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+    return stop
+
+
+def stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:
+    """Returns the stop sequences as a tuple without empty strings."""
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    return tuple(sequence for sequence in stops if sequence)
 
 
 class TextPart(BaseModel):
@@ -67,7 +83,12 @@ class ChatCompletionRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -77,15 +98,10 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(stop, list) and len(stop) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return stop
+        return check_stop(stop)
 
     def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop
-        return tuple(stop for stop in stops if stop)
+        return stop_tuple(self.stop)
 
     def plain_messages(self) -> list[dict[str, str]]:
         """Returns the messages as role/content pairs; ``developer`` messages become ``system`` messages."""
@@ -93,6 +109,39 @@ class ChatCompletionRequest(BaseModel):
             {"role": "system" if message.role == "developer" else message.role, "content": message.text()}
             for message in self.messages
         ]
+
+
+class CompletionRequest(BaseModel):
+    """The body of the legacy ``POST /v1/completions``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    best_of: int | None = Field(default=None, ge=1)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
+    suffix: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        return check_stop(stop)
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        return stop_tuple(self.stop)
 
 
 class Usage(BaseModel):

@@ -1,0 +1,56 @@
+"""Choosing what serves a request: the local base model, one of the partner's adapters, or an upstream model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapters.registry import AdapterVersion, fetch_active_adapter, fetch_adapter, parse_adapter_model_id
+from adapters.settings import ModelEntry
+from gateway.errors import APIError
+from gateway.partners import Partner
+from gateway.services import Services
+
+
+@dataclass(frozen=True)
+class Route:
+    """The model entry that serves a request and, for the local engine, the adapter applied."""
+
+    entry: ModelEntry
+    adapter: AdapterVersion | None
+
+    @property
+    def is_local(self) -> bool:
+        return self.entry.litellm_params.is_local
+
+
+def model_not_found(model: str, services: Services) -> APIError:
+    served = ", ".join(entry.model_name for entry in services.settings.model_list)
+    return APIError(
+        404, f"the model {model!r} does not exist; served models: {served}", param="model", code="model_not_found"
+    )
+
+
+async def resolve_route(model: str, partner: Partner, services: Services) -> Route:
+    """Returns how ``model`` is served for ``partner``; raises a 404 APIError for unknown models."""
+    entry = services.settings.find_model(model)
+    if entry is not None:
+        return Route(entry=entry, adapter=await _active_adapter(entry, partner, services))
+
+    parsed = parse_adapter_model_id(model)
+    local = services.settings.local_model
+    if parsed is None or local is None or partner.anonymous:
+        raise model_not_found(model, services)
+
+    base, owner, version = parsed
+    # Another partner's adapter is reported as missing, so that ids of other partners cannot be probed.
+    adapter = await fetch_adapter(services.redis, services.keys, owner, version) if owner == partner.id else None
+    if adapter is None or base != local.model_name or adapter.base_model != base:
+        raise model_not_found(model, services)
+    return Route(entry=local, adapter=adapter)
+
+
+async def _active_adapter(entry: ModelEntry, partner: Partner, services: Services) -> AdapterVersion | None:
+    if not entry.litellm_params.is_local or partner.anonymous:
+        return None
+    adapter = await fetch_active_adapter(services.redis, services.keys, partner.id)
+    return adapter if adapter is not None and adapter.base_model == entry.model_name else None

@@ -1,0 +1,202 @@
+"""OpenAI wire compatibility of the local engine, driven by the official openai client (sync and async)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+import redis
+from openai import AsyncOpenAI, OpenAI
+from transformers import AutoTokenizer
+
+from adapters.settings import Settings
+from tests.conftest import TINY_MODEL_NAME, RunningGateway
+from tests.test_routing import register_adapter
+
+USER = [{"role": "user", "content": "Name three fruits"}]
+
+
+def client_for(gateway: RunningGateway) -> OpenAI:
+    return OpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def create(gateway: RunningGateway, **fields: object) -> object:
+    values: dict[str, object] = {"model": TINY_MODEL_NAME, "messages": USER, "max_tokens": 6, "temperature": 0}
+    values.update(fields)
+    return client_for(gateway).chat.completions.create(**values)  # type: ignore[call-overload]
+
+
+def test_seed_repeats_sampled_output(gateway: RunningGateway) -> None:
+    first = create(gateway, temperature=1.0, seed=7).choices[0].message.content
+    second = create(gateway, temperature=1.0, seed=7).choices[0].message.content
+
+    assert first == second
+
+
+def test_n_returns_distinct_choices(gateway: RunningGateway) -> None:
+    completion = create(gateway, n=2, temperature=1.0, seed=3)
+
+    assert [choice.index for choice in completion.choices] == [0, 1]
+    assert completion.choices[0].message.content != completion.choices[1].message.content
+    assert completion.usage.completion_tokens == 12
+
+
+def test_length_finish_reason_at_max_tokens(gateway: RunningGateway) -> None:
+    completion = create(gateway, max_completion_tokens=3)
+
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 3
+
+
+def test_logprobs_per_generated_token(gateway: RunningGateway) -> None:
+    completion = create(gateway, logprobs=True, top_logprobs=2)
+    content = completion.choices[0].logprobs.content
+
+    assert len(content) == completion.usage.completion_tokens
+    assert all(entry.logprob <= 0 for entry in content)
+    assert all(len(entry.top_logprobs) == 2 for entry in content)
+
+
+def test_logit_bias_bans_greedy_token(gateway: RunningGateway, tiny_model_path: str) -> None:
+    first_token = create(gateway, logprobs=True).choices[0].logprobs.content[0].token
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    token_id = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(first_token))[0]
+    banned = create(gateway, logprobs=True, logit_bias={str(token_id): -100})
+
+    assert banned.choices[0].logprobs.content[0].token != first_token
+
+
+def test_stop_string_cuts_text(gateway: RunningGateway) -> None:
+    full = create(gateway, max_tokens=8).choices[0].message.content
+    stop = full[2:4]
+    cut = create(gateway, max_tokens=8, stop=[stop]).choices[0]
+
+    assert cut.message.content == full[: full.index(stop)]
+    assert cut.finish_reason == "stop"
+
+
+def test_stream_n_two_indexes_chunks(gateway: RunningGateway) -> None:
+    chunks = list(create(gateway, n=2, stream=True, stream_options={"include_usage": True}))
+    indexes = {choice.index for chunk in chunks for choice in chunk.choices}
+
+    assert indexes == {0, 1}
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_async_client_chat(gateway: RunningGateway) -> None:
+    async def run() -> str | None:
+        client = AsyncOpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", max_retries=0)
+        completion = await client.chat.completions.create(model=TINY_MODEL_NAME, messages=USER, max_tokens=4)
+        await client.close()
+        return completion.choices[0].message.content
+
+    assert asyncio.run(run())
+
+
+def test_legacy_completion_text(gateway: RunningGateway) -> None:
+    completion = client_for(gateway).completions.create(model=TINY_MODEL_NAME, prompt="Once upon", max_tokens=5)
+
+    assert completion.object == "text_completion"
+    assert completion.usage.completion_tokens <= 5
+    assert completion.choices[0].finish_reason in ("stop", "length")
+
+
+def test_legacy_completion_echo_and_logprobs(gateway: RunningGateway) -> None:
+    completion = client_for(gateway).completions.create(
+        model=TINY_MODEL_NAME, prompt="Once upon", max_tokens=4, echo=True, logprobs=2, temperature=0
+    )
+    choice = completion.choices[0]
+
+    assert choice.text.startswith("Once upon")
+    assert len(choice.logprobs.tokens) == completion.usage.completion_tokens
+    assert choice.logprobs.text_offset[0] == len("Once upon")
+
+
+def test_legacy_completion_prompt_list(gateway: RunningGateway) -> None:
+    completion = client_for(gateway).completions.create(model=TINY_MODEL_NAME, prompt=["a", "b"], max_tokens=2, n=2)
+
+    assert [choice.index for choice in completion.choices] == [0, 1, 2, 3]
+
+
+def test_legacy_completion_streams(gateway: RunningGateway) -> None:
+    stream = client_for(gateway).completions.create(model=TINY_MODEL_NAME, prompt="Hi", max_tokens=4, stream=True)
+    chunks = list(stream)
+
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_models_lists_partner_adapters(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    register_adapter(tiny_settings, tiny_model_path, "mia", redis_client)
+    client = OpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", default_headers={"X-Partner-ID": "mia"})
+    ids = [model.id for model in client.models.list().data]
+    adapter_model = client.models.retrieve(f"ft:{TINY_MODEL_NAME}:mia:1")
+
+    assert ids == [TINY_MODEL_NAME, f"ft:{TINY_MODEL_NAME}:mia:1"]
+    assert adapter_model.owned_by == "mia"
+    assert adapter_model.parent == TINY_MODEL_NAME
+
+
+def test_adapter_model_id_routes_version(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    register_adapter(tiny_settings, tiny_model_path, "noa", redis_client)
+    register_adapter(tiny_settings, tiny_model_path, "noa", redis_client)
+    raw = client_for(gateway).chat.completions.with_raw_response.create(
+        model=f"ft:{TINY_MODEL_NAME}:noa:1", messages=USER, max_tokens=2, extra_headers={"X-Partner-ID": "noa"}
+    )
+
+    assert raw.headers["x-adapter"] == "noa/1"
+
+
+def test_other_partners_adapter_not_found(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    register_adapter(tiny_settings, tiny_model_path, "olga", redis_client)
+
+    with pytest.raises(openai.NotFoundError) as raised:
+        create(gateway, model=f"ft:{TINY_MODEL_NAME}:olga:1", extra_headers={"X-Partner-ID": "pia"})
+    assert raised.value.body["code"] == "model_not_found"
+
+
+def test_overload_returns_503_retry_after(gateway: RunningGateway) -> None:
+    engine = gateway.server.config.app.state.services.engine
+    engine.pending_requests = engine.max_pending_requests
+    try:
+        response = httpx.post(
+            f"{gateway.base_url}/v1/chat/completions", json={"model": TINY_MODEL_NAME, "messages": USER}
+        )
+    finally:
+        engine.pending_requests = 0
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "engine_overloaded"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"temperature": 3}, "temperature"),
+        ({"n": 0}, "n"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"logit_bias": {"not-a-token": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 500}}, "logit_bias"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"max_tokens": 100000}, "max_tokens"),
+        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+    ],
+)
+def test_invalid_field_named_in_error(gateway: RunningGateway, fields: dict, param: str) -> None:
+    body = {"model": TINY_MODEL_NAME, "messages": USER, **fields}
+    response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body)
+    error = response.json()["error"]
+
+    assert response.status_code == 400
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
