@@ -113,9 +113,11 @@ def decode(
     Returns the generated ids, end-of-sequence token excluded, and whether generation ended on its own
     (end of sequence or ``on_token``) rather than by reaching ``max_tokens``.
     """
+    if not prompt_ids:
+        raise ValueError("decoding needs at least one prompt token")
     device = next(model.parameters()).device
     sampler = TokenSampler(params, model.config.vocab_size, device)
-    input_ids = torch.tensor([prompt_ids], device=device)
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     cache = None
     generated: list[int] = []
 
@@ -129,5 +131,5 @@ def decode(
         generated.append(token)
         if not on_token(token, logprob):
             return generated, True
-        input_ids = torch.tensor([[token]], device=device)
+        input_ids = torch.tensor([[token]], dtype=torch.long, device=device)
     return generated, False

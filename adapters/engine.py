@@ -168,7 +168,12 @@ class LocalEngine:
     def text_prompt_ids(self, prompt: str) -> list[int]:
         """Returns the token ids of a plain-text prompt (legacy completions)."""
         self._check_ready()
-        return [int(token) for token in self.tokenizer(prompt)["input_ids"]]
+        ids = [int(token) for token in self.tokenizer(prompt)["input_ids"]]
+        if ids:
+            return ids
+        # An empty prompt still needs one token to start from: the beginning-of-sequence token, else end-of-text.
+        start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
+        return [int(start)]
 
     def check_context(self, prompt_tokens: int, max_tokens: int) -> None:
         """Raises ContextLengthError when the prompt plus ``max_tokens`` does not fit the context window."""

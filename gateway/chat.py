@@ -213,6 +213,12 @@ async def _stream_events(context: ChatContext, services: Services, *, include_us
             yield sse(error_body(api_error.status_code, api_error.message, param=api_error.param, code=api_error.code))
             yield SSE_DONE
             return
+        except Exception:
+            # The status line is already sent, so the failure can only reach the client as an error event.
+            logger.exception("Request %s (partner %s): stream failed", context.request_id, context.partner.id)
+            yield sse(error_body(500, "internal server error; see the gateway log", code="internal_error"))
+            yield SSE_DONE
+            return
         yield sse(_chunk(context, index, {}, outputs[-1].finish_reason, include_usage))
 
     try:

@@ -93,6 +93,10 @@ def _prompts(body: CompletionRequest, engine: LocalEngine) -> tuple[list[str], l
             texts.append(item)
             ids.append(engine.text_prompt_ids(item))
         else:
+            if not item:
+                raise APIError(
+                    400, "a prompt given as token ids must not be empty", param="prompt", code="invalid_value"
+                )
             if any(not 0 <= token < engine.vocab_size for token in item):
                 raise APIError(400, f"prompt token ids must be in 0..{engine.vocab_size - 1}", param="prompt")
             texts.append(str(engine.tokenizer.decode(item)))
@@ -221,6 +225,12 @@ async def _stream_events(context: CompletionContext, services: Services, *, incl
             logger.warning("Request %s (partner %s): stream failed, %s", context.request_id, context.partner.id, error)
             api_error = engine_errors_to_api(error)
             yield sse(error_body(api_error.status_code, api_error.message, param=api_error.param, code=api_error.code))
+            yield SSE_DONE
+            return
+        except Exception:
+            # The status line is already sent, so the failure can only reach the client as an error event.
+            logger.exception("Request %s (partner %s): stream failed", context.request_id, context.partner.id)
+            yield sse(error_body(500, "internal server error; see the gateway log", code="internal_error"))
             yield SSE_DONE
             return
         final = {"index": index, "text": "", "logprobs": None, "finish_reason": outputs[-1].finish_reason}
