@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run worker serve demo test lint clean
+.PHONY: install run worker serve demo test lint clean bench-env bench-overhead
 
 install: $(INSTALLED)
 
@@ -35,3 +35,10 @@ lint: install
 
 clean:
 	rm -rf $(VENV)
+
+bench-env:
+	$(PYTHON) -m venv bench/.venv-litellm-proxy
+	bench/.venv-litellm-proxy/bin/pip install --quiet "litellm[proxy]==1.104.0"
+
+bench-overhead: install
+	$(BIN)/python -m bench.overhead

@@ -45,6 +45,7 @@ def create_app(settings: Settings, *, engine: LocalEngine | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, engine or build_engine(settings))
         app.state.services = services
+        services.turn_writer.start()
         engine_to_load = services.engine if services.engine is not None and not services.engine.ready else None
         loading = asyncio.create_task(_load_engine(engine_to_load)) if engine_to_load is not None else None
         served = ", ".join(entry.model_name for entry in settings.model_list)

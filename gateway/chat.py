@@ -153,6 +153,9 @@ async def resolve_session_id(
 ) -> str:
     if session_header:
         return validate_id(session_header, param="X-Session-ID", what="session id")
+    pending = services.turn_writer.pending_session(partner.id, messages)
+    if pending is not None:
+        return pending
     found = await services.sessions.find_session(partner.id, messages)
     return found or new_session_id()
 

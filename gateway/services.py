@@ -14,6 +14,7 @@ from adapters.keys import Keys
 from adapters.registry import AdapterRegistry
 from adapters.settings import Settings
 from gateway.sessions import SessionStore
+from gateway.turn_writer import TurnWriter
 from trainer.jobs import JobStore
 
 REDIS_TIMEOUT_S = 5.0
@@ -36,6 +37,7 @@ class Services:
     jobs: JobStore
     engine: LocalEngine | None
     upstream_http: httpx.AsyncClient
+    turn_writer: TurnWriter
 
     @classmethod
     def build(cls, settings: Settings, engine: LocalEngine | None) -> Services:
@@ -45,13 +47,15 @@ class Services:
         sync_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **timeouts)
         # RQ stores pickled job data, so its connection must return bytes.
         queue_client = redis.Redis.from_url(settings.redis_url, **timeouts)
+        sessions = SessionStore(async_client, keys, conversation_ttl_s=settings.conversation_index_ttl_s)
         return cls(
             settings=settings,
             keys=keys,
             redis=async_client,
             redis_sync=sync_client,
             queue_redis=queue_client,
-            sessions=SessionStore(async_client, keys, conversation_ttl_s=settings.conversation_index_ttl_s),
+            sessions=sessions,
+            turn_writer=TurnWriter(sessions),
             registry=AdapterRegistry(sync_client, keys),
             jobs=JobStore(sync_client, keys),
             engine=engine,
@@ -69,6 +73,7 @@ class Services:
         return self.engine
 
     async def close(self) -> None:
+        await self.turn_writer.close()
         await self.redis.aclose()
         self.redis_sync.close()
         self.queue_redis.close()

@@ -23,7 +23,7 @@ def conversation_digest(messages: list[dict[str, str]]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def _history_prefix(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+def history_prefix(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """Returns the messages up to and including the last assistant message (empty for a first turn)."""
     for index in range(len(messages) - 1, -1, -1):
         if messages[index]["role"] == "assistant":
@@ -45,7 +45,7 @@ class SessionStore:
 
     async def find_session(self, partner_id: str, messages: list[dict[str, str]]) -> str | None:
         """Returns the session that ``messages`` continue, or None when they start a new conversation."""
-        prefix = _history_prefix(messages)
+        prefix = history_prefix(messages)
         if not prefix:
             return None
         found = await self.client.get(self.keys.conversation(partner_id, conversation_digest(prefix)))

@@ -95,16 +95,16 @@ def make_settings(
 ) -> Settings:
     entry = ModelEntry(model_name=model_name, litellm_params=BackendParams(model=f"local/{model_path}"))
     values: dict[str, Any] = {
-        "redis_url": REDIS_URL,
         "key_prefix": key_prefix,
         "queue_name": f"training-{key_prefix}",
         "model_list": [entry],
         "model_cache_dir": model_cache_dir,
         "artifact_dir": tmp_path / "adapters",
         "default_max_tokens": 16,
-        **overrides,
     }
-    return Settings(**values)
+    # Environment variables (REDIS_URL in CI) win over constructor values, so the test's own values are applied
+    # after construction.
+    return Settings(**values).model_copy(update={"redis_url": REDIS_URL, **values, **overrides})
 
 
 @pytest.fixture()
