@@ -31,6 +31,10 @@ class Keys:
         """STRING mapping a conversation digest to the session it belongs to."""
         return f"{self.prefix}:partner:{partner_id}:conversation:{digest}"
 
+    def turn_written(self, turn_id: str) -> str:
+        """STRING marking a turn as stored, so that a retried write never stores it twice."""
+        return f"{self.prefix}:turn:{turn_id}:written"
+
     def adapters(self, partner_id: str) -> str:
         """HASH version -> adapter version metadata as JSON."""
         return f"{self.prefix}:partner:{partner_id}:adapters"

@@ -17,6 +17,23 @@ import redis.asyncio as aioredis
 
 from adapters.keys import Keys
 
+# How long a stored turn's id is remembered, to drop duplicate writes from retries.
+WRITTEN_MARKER_TTL_S = 24 * 3600
+
+_APPEND_TURN_SCRIPT = """
+if not redis.call('SET', KEYS[6], '1', 'NX', 'EX', ARGV[8]) then
+  return 0
+end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('HSETNX', KEYS[2], 'created_at', ARGV[2])
+redis.call('HSET', KEYS[2], 'updated_at', ARGV[3], 'model', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'turn_count', 1)
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
+redis.call('SADD', KEYS[4], ARGV[6])
+redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[7])
+return 1
+"""
+
 
 def conversation_digest(messages: list[dict[str, str]]) -> str:
     canonical = json.dumps([[message["role"], message["content"]] for message in messages], ensure_ascii=False)
@@ -42,6 +59,7 @@ class SessionStore:
         self.client = client
         self.keys = keys
         self.conversation_ttl_s = conversation_ttl_s
+        self._append_script = client.register_script(_APPEND_TURN_SCRIPT)
 
     async def find_session(self, partner_id: str, messages: list[dict[str, str]]) -> str | None:
         """Returns the session that ``messages`` continue, or None when they start a new conversation."""
@@ -51,25 +69,33 @@ class SessionStore:
         found = await self.client.get(self.keys.conversation(partner_id, conversation_digest(prefix)))
         return found if found is None or isinstance(found, str) else found.decode()
 
-    async def append_turn(self, turn: dict[str, Any]) -> None:
-        """Stores a served turn, updates its session and remembers the conversation for the next turn."""
-        partner_id, session_id = turn["partner_id"], turn["session_id"]
-        session_key = self.keys.session(partner_id, session_id)
-        continued = [*turn["messages"], turn["response"]]
+    async def append_turn(self, turn: dict[str, Any]) -> bool:
+        """Stores a served turn, updates its session and remembers the conversation for the next turn.
 
-        pipe = self.client.pipeline(transaction=True)
-        pipe.rpush(self.keys.session_turns(partner_id, session_id), json.dumps(turn, ensure_ascii=False))
-        pipe.hsetnx(session_key, "created_at", turn["created_at"])
-        pipe.hset(session_key, mapping={"updated_at": turn["completed_at"], "model": turn["model"]})
-        pipe.hincrby(session_key, "turn_count", 1)
-        pipe.zadd(self.keys.sessions(partner_id), {session_id: turn["completed_at"]})
-        pipe.sadd(self.keys.partners(), partner_id)
-        pipe.set(
+        One script call does it all atomically. Returns False when the turn was already stored, which happens when
+        a write whose reply was lost is retried.
+        """
+        partner_id, session_id = turn["partner_id"], turn["session_id"]
+        continued = [*turn["messages"], turn["response"]]
+        keys = [
+            self.keys.session_turns(partner_id, session_id),
+            self.keys.session(partner_id, session_id),
+            self.keys.sessions(partner_id),
+            self.keys.partners(),
             self.keys.conversation(partner_id, conversation_digest(continued)),
+            self.keys.turn_written(turn["id"]),
+        ]
+        arguments = [
+            json.dumps(turn, ensure_ascii=False),
+            turn["created_at"],
+            turn["completed_at"],
+            turn["model"],
             session_id,
-            ex=self.conversation_ttl_s,
-        )
-        await pipe.execute()
+            partner_id,
+            self.conversation_ttl_s,
+            WRITTEN_MARKER_TTL_S,
+        ]
+        return bool(await self._append_script(keys=keys, args=arguments))
 
     async def list_sessions(self, partner_id: str, *, limit: int, include_turns: bool = True) -> list[dict[str, Any]]:
         """Returns the partner's most recently updated sessions first."""
