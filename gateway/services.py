@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 import redis
 import redis.asyncio as aioredis
@@ -37,6 +38,7 @@ class Services:
     jobs: JobStore
     engine: LocalEngine | None
     upstream_http: httpx.AsyncClient
+    upstream_session: aiohttp.ClientSession
     turn_writer: TurnWriter
 
     @classmethod
@@ -56,6 +58,10 @@ class Services:
             queue_redis=queue_client,
             sessions=sessions,
             turn_writer=TurnWriter(sessions),
+            # Created inside the running event loop, since build() is called from the app's lifespan.
+            upstream_session=aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=UPSTREAM_MAX_CONNECTIONS), auto_decompress=True
+            ),
             registry=AdapterRegistry(sync_client, keys),
             jobs=JobStore(sync_client, keys),
             engine=engine,
@@ -78,10 +84,11 @@ class Services:
         self.redis_sync.close()
         self.queue_redis.close()
         await self.upstream_http.aclose()
+        await self.upstream_session.close()
         if self.engine is not None:
             self.engine.shutdown()
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
