@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 MAX_TOP_LOGPROBS = 20
+# Below this temperature, dividing the logits overflows to inf; sampling that cold is greedy decoding anyway.
+MIN_SAMPLING_TEMPERATURE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ class TokenSampler:
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(params.seed)
+            # manual_seed takes 0 to 2**64 - 1, and choice seeds (seed + index) may leave the signed 64-bit range.
+            self.generator.manual_seed(params.seed % 2**64)
         self.bias: torch.Tensor | None = None
         if params.logit_bias:
             self.bias = torch.zeros(vocab_size, device=device)
@@ -61,7 +64,7 @@ class TokenSampler:
     def sample(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
         """Returns the next token id and, when requested, its logprob under the unmodified distribution."""
         scores = self._adjusted(logits.float())
-        if self.params.temperature == 0:
+        if self.params.temperature < MIN_SAMPLING_TEMPERATURE:
             token = int(torch.argmax(scores))
         else:
             token = self._draw(scores / self.params.temperature)

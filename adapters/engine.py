@@ -138,6 +138,7 @@ class LocalEngine:
         self.tokenizer: Any = None
         self.context_length = 0
         self.ready = False
+        self.load_error: str | None = None
 
     def load(self) -> None:
         """Loads the base model, blocking; the built-in GGUF model is converted on first use."""
@@ -189,15 +190,23 @@ class LocalEngine:
         return str(self.tokenizer.decode([token_id]))
 
     async def generate(
-        self, prompt_ids: list[int], params: SamplingParams, adapter: AdapterVersion | None
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        adapter: AdapterVersion | None,
+        *,
+        cancel: threading.Event | None = None,
     ) -> GenerationOutput:
+        """Generates a whole completion; setting ``cancel`` stops it after the current token."""
         self._admit()
         loop = asyncio.get_running_loop()
-        cancel = threading.Event()
+        stop = cancel or threading.Event()
         try:
-            return await loop.run_in_executor(self._executor, self._generate, prompt_ids, params, adapter, None, cancel)
+            return await loop.run_in_executor(self._executor, self._generate, prompt_ids, params, adapter, None, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
         finally:
-            cancel.set()
             self.pending_requests -= 1
 
     async def stream(

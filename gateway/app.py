@@ -34,7 +34,8 @@ def build_engine(settings: Settings) -> LocalEngine | None:
 async def _load_engine(engine: LocalEngine) -> None:
     try:
         await asyncio.to_thread(engine.load)
-    except Exception:
+    except Exception as error:
+        engine.load_error = f"{type(error).__name__}: {error}"
         logger.exception("Engine: loading model %s failed; /readyz stays not ready", engine.model_name)
 
 

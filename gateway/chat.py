@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from adapters.decoding import SamplingParams
 from adapters.engine import (
@@ -37,6 +41,7 @@ logger = logging.getLogger(__name__)
 NO_ADAPTER = "none"
 RETRY_AFTER_S = "5"
 SSE_DONE = "data: [DONE]\n\n"
+DISCONNECT_POLL_S = 0.5
 
 
 @dataclass
@@ -85,6 +90,13 @@ def check_request(body: ChatCompletionRequest) -> None:
     if body.top_logprobs and not body.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs", code="invalid_value")
     for message in body.messages:
+        if message.role in ("tool", "function") or (message.model_extra or {}).get("tool_calls"):
+            raise APIError(
+                400,
+                "tool messages and tool calls are not supported by the local engine",
+                param="messages",
+                code="unsupported_parameter",
+            )
         if isinstance(message.content, list) and any(part.type != "text" for part in message.content):
             raise APIError(400, "only text content parts are supported", param="messages", code="unsupported_parameter")
 
@@ -99,6 +111,12 @@ def engine_errors_to_api(error: Exception) -> APIError:
 
 
 def check_capacity(engine: LocalEngine) -> None:
+    if engine.load_error is not None:
+        raise APIError(
+            500,
+            f"model {engine.model_name} failed to load ({engine.load_error}); fix the model entry and restart",
+            code="model_load_failed",
+        )
     if not engine.ready:
         raise engine_errors_to_api(EngineNotReadyError(f"model {engine.model_name} is still loading; retry shortly"))
     if engine.pending_requests >= engine.max_pending_requests:
@@ -160,14 +178,21 @@ async def resolve_session_id(
     return found or new_session_id()
 
 
-async def complete(context: ChatContext, services: Services) -> JSONResponse:
+async def complete(context: ChatContext, services: Services, request: Request) -> Response:
     engine = services.local_engine()
     outputs = []
-    for index in range(context.choices):
-        try:
-            outputs.append(await engine.generate(context.prompt_ids, context.choice_params(index), context.adapter))
-        except (ContextLengthError, EngineNotReadyError, EngineOverloadedError) as error:
-            raise engine_errors_to_api(error) from error
+    async with cancel_on_disconnect(request) as cancel:
+        for index in range(context.choices):
+            try:
+                params = context.choice_params(index)
+                outputs.append(await engine.generate(context.prompt_ids, params, context.adapter, cancel=cancel))
+            except (ContextLengthError, EngineNotReadyError, EngineOverloadedError) as error:
+                raise engine_errors_to_api(error) from error
+    if await request.is_disconnected():
+        logger.info(
+            "Request %s (partner %s): client disconnected, turn not stored", context.request_id, context.partner.id
+        )
+        return Response(status_code=499)
 
     await record_turn(context, outputs[0], services)
     choices = [
@@ -189,6 +214,24 @@ async def complete(context: ChatContext, services: Services) -> JSONResponse:
         "usage": usage(outputs),
     }
     return JSONResponse(body, headers=context.headers())
+
+
+@contextlib.asynccontextmanager
+async def cancel_on_disconnect(request: Request) -> AsyncIterator[threading.Event]:
+    """Yields an event that is set when the client disconnects, so that generation stops early."""
+    cancel = threading.Event()
+
+    async def watch() -> None:
+        # Starlette only offers polling: is_disconnected() reads the pending ASGI messages without waiting.
+        while not await request.is_disconnected():  # noqa: ASYNC110
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        cancel.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield cancel
+    finally:
+        watcher.cancel()
 
 
 def stream(context: ChatContext, services: Services, *, include_usage: bool) -> StreamingResponse:

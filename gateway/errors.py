@@ -62,7 +62,8 @@ def _validation_param(location: tuple[Any, ...]) -> str | None:
 def _validation_message(error: dict[str, Any]) -> str:
     param = _validation_param(tuple(error.get("loc", ()))) or "request body"
     if error.get("type") == "json_invalid":
-        return f"the request body is not valid JSON: {error.get('ctx', {}).get('error', error.get('msg'))}"
+        detail = error.get("ctx", {}).get("error", error.get("msg"))
+        return f"the request body is not valid JSON: {detail} (at character {param}); send a JSON object"
     return f"invalid value for '{param}': {error.get('msg', 'invalid')}"
 
 
@@ -74,8 +75,10 @@ async def _handle_api_error(request: Request, error: Exception) -> JSONResponse:
 async def _handle_validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     first = error.errors()[0] if error.errors() else {"msg": "invalid request"}
-    param = _validation_param(tuple(first.get("loc", ())))
-    code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_value"
+    malformed = first.get("type") == "json_invalid"
+    # For malformed JSON the location is a character offset, not a field, so no param is named.
+    param = None if malformed else _validation_param(tuple(first.get("loc", ())))
+    code = "invalid_json" if malformed else "invalid_value"
     return error_response(APIError(400, _validation_message(first), param=param, code=code))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -15,7 +16,12 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+JOB_ID_PATTERN = re.compile(r"^ftjob-[A-Za-z0-9]{1,64}$")
+
+
 async def _job_or_404(job_id: str, services: Services) -> dict[str, Any]:
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        raise APIError(404, f"training job {job_id!r} not found", param="job_id", code="job_not_found")
     job = await asyncio.to_thread(services.jobs.get, job_id)
     if job is None:
         raise APIError(404, f"training job {job_id!r} not found", param="job_id", code="job_not_found")

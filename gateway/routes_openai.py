@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from adapters.registry import AdapterVersion, adapter_model_id, fetch_adapters
 from adapters.settings import ModelEntry
@@ -22,11 +22,12 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(
+    request: Request,
     body: ChatCompletionRequest,
     services: ServicesDep,
     x_partner_id: Annotated[str | None, Header()] = None,
     x_session_id: Annotated[str | None, Header()] = None,
-) -> JSONResponse | StreamingResponse:
+) -> Response:
     partner = resolve_partner(
         header=x_partner_id,
         user=body.user,
@@ -41,7 +42,7 @@ async def create_chat_completion(
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return chat.stream(context, services, include_usage=include_usage)
-    return await chat.complete(context, services)
+    return await chat.complete(context, services, request)
 
 
 @router.post("/completions", response_model=None)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from adapters.registry import AdapterVersion, fetch_active_adapter, fetch_adapter, parse_adapter_model_id
 from adapters.settings import ModelEntry
 from gateway.errors import APIError
 from gateway.partners import Partner
 from gateway.services import Services
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,14 @@ async def resolve_route(model: str, partner: Partner, services: Services) -> Rou
     adapter = await fetch_adapter(services.redis, services.keys, owner, version) if owner == partner.id else None
     if adapter is None or base != local.model_name or adapter.base_model != base:
         raise model_not_found(model, services)
+    if not adapter_files_present(adapter):
+        logger.error("Partner %s: adapter %s has no files at %s", partner.id, adapter.name, adapter.path)
+        raise APIError(
+            503,
+            f"the files of adapter {adapter.name} are missing on this gateway",
+            param="model",
+            code="adapter_unavailable",
+        )
     return Route(entry=local, adapter=adapter)
 
 
@@ -53,4 +65,19 @@ async def _active_adapter(entry: ModelEntry, partner: Partner, services: Service
     if not entry.litellm_params.is_local or partner.anonymous:
         return None
     adapter = await fetch_active_adapter(services.redis, services.keys, partner.id)
-    return adapter if adapter is not None and adapter.base_model == entry.model_name else None
+    if adapter is None or adapter.base_model != entry.model_name:
+        return None
+    if not adapter_files_present(adapter):
+        # Serving the base model keeps the partner answered; the header then says "none", which is true.
+        logger.error(
+            "Partner %s: active adapter %s has no files at %s; serving the base model",
+            partner.id,
+            adapter.name,
+            adapter.path,
+        )
+        return None
+    return adapter
+
+
+def adapter_files_present(adapter: AdapterVersion) -> bool:
+    return (Path(adapter.path) / "adapter_config.json").is_file()

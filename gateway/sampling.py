@@ -32,15 +32,15 @@ def parse_logit_bias(logit_bias: dict[str, float] | None, vocab_size: int) -> di
 def resolve_max_tokens(requested: int | None, default: int, prompt_tokens: int, engine: LocalEngine, param: str) -> int:
     """Returns the completion budget: the requested one, which must fit, or the default clipped to the room left."""
     room = engine.context_length - prompt_tokens
+    if room < 1:
+        raise APIError(
+            400,
+            f"this model's maximum context length is {engine.context_length} tokens, but the prompt has "
+            f"{prompt_tokens} tokens; shorten the messages",
+            param="messages",
+            code="context_length_exceeded",
+        )
     if requested is None:
-        if room < 1:
-            raise APIError(
-                400,
-                f"this model's maximum context length is {engine.context_length} tokens, but the prompt has "
-                f"{prompt_tokens} tokens; shorten the messages",
-                param="messages",
-                code="context_length_exceeded",
-            )
         return min(default, room)
 
     if requested > room:

@@ -495,6 +495,11 @@ def _status_failure(call: UpstreamCall, response: httpx.Response) -> AttemptFail
     if not 400 <= status < 600:
         message = f"the upstream returned the unexpected status {status}: {message}"
         status = 502
+    elif status in (401, 403):
+        # The upstream rejected the gateway's own key, not the client's credentials, so the client gets a 502.
+        name = call.entry.model_name
+        message = f"the upstream of model {name!r} rejected the gateway's credentials ({message}); check its api_key"
+        status, code = 502, "upstream_authentication_failed"
     error = APIError(status, call.redact(message), param=param, code=code or "upstream_error", headers=headers)
     return AttemptFailed(error, retryable=retryable, retry_after_s=_seconds(retry_after))
 

@@ -38,10 +38,17 @@ def key_prefix(redis_client: redis.Redis) -> Iterator[str]:
     """A fresh key prefix per test; every key under it (and the test's RQ queue) is deleted afterwards."""
     prefix = f"cgtest-{secrets.token_hex(6)}"
     yield prefix
-    for pattern in (f"{prefix}:*", f"rq:*{prefix}*"):
-        keys = list(redis_client.scan_iter(match=pattern, count=1000))
+    delete_test_keys(redis_client, prefix)
+
+
+def delete_test_keys(client: redis.Redis, prefix: str) -> None:
+    """Deletes the product's keys under ``prefix`` and RQ's keys of the test's queue and jobs."""
+    job_ids = [raw if isinstance(raw, str) else raw.decode() for raw in client.zrange(f"{prefix}:jobs", 0, -1)]
+    patterns = [f"{prefix}:*", f"rq:*{prefix}*", *(f"rq:*{job_id}*" for job_id in job_ids)]
+    for pattern in patterns:
+        keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
-            redis_client.delete(*keys)
+            client.delete(*keys)
 
 
 @pytest.fixture(scope="session")

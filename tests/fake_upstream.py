@@ -27,7 +27,9 @@ REPORTED_MODEL = "upstream-model-v1-0125"
 CREATED = 1_700_000_000
 FINGERPRINT = "fp_fake_upstream"
 
-Failure = Literal["rate_limit", "server_error", "bad_request", "unavailable", "hang", "disconnect", "stream_break"]
+Failure = Literal[
+    "rate_limit", "server_error", "bad_request", "unauthorized", "unavailable", "hang", "disconnect", "stream_break"
+]
 
 
 @dataclass
@@ -139,6 +141,9 @@ class FakeUpstream:
                 code="invalid_value",
             )
             return JSONResponse(payload, status_code=400)
+        if failure == "unauthorized":
+            payload = error_payload("Incorrect API key provided", "invalid_request_error", code="invalid_api_key")
+            return JSONResponse(payload, status_code=401)
         return JSONResponse(error_payload("The server had an error", "server_error"), status_code=500)
 
     def _completion(self, completion_id: str, body: dict[str, Any]) -> dict[str, Any]:

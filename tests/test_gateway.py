@@ -69,6 +69,8 @@ def test_unknown_model_returns_404_envelope(gateway: RunningGateway) -> None:
     with pytest.raises(openai.NotFoundError) as raised:
         client_for(gateway).chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
 
+    assert raised.value.status_code == 404
+    assert raised.value.body["type"] == "invalid_request_error"
     assert raised.value.body["code"] == "model_not_found"
     assert raised.value.body["param"] == "model"
 
@@ -82,6 +84,8 @@ def test_malformed_json_returns_400_envelope(gateway: RunningGateway) -> None:
 
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
+    assert response.json()["error"]["code"] == "invalid_json"
+    assert response.json()["error"]["param"] is None
 
 
 def test_missing_messages_names_param(gateway: RunningGateway) -> None:
@@ -107,7 +111,10 @@ def test_context_too_long_rejected(gateway: RunningGateway) -> None:
             model=TINY_MODEL_NAME, messages=[{"role": "user", "content": "word " * 2000}], max_tokens=8
         )
 
+    assert raised.value.status_code == 400
+    assert raised.value.body["type"] == "invalid_request_error"
     assert raised.value.body["code"] == "context_length_exceeded"
+    assert raised.value.body["param"] == "messages"
 
 
 def test_invalid_partner_header_rejected(gateway: RunningGateway) -> None:
@@ -246,3 +253,10 @@ def _post_when_model_loaded(url: str, body: dict, timeout_s: float = 60.0) -> ht
             if time.monotonic() > deadline:
                 raise
         time.sleep(0.2)
+
+
+def test_malformed_job_id_returns_404(gateway: RunningGateway) -> None:
+    response = httpx.get(f"{gateway.base_url}/v1/fine_tuning/jobs/ftjob-abc:events")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "job_not_found"

@@ -161,3 +161,20 @@ def test_job_never_enqueued_marked_failed(store: JobStore, queue_client: redis.R
     store.create(job)
 
     assert reconcile_with_queue(store, queue_client, store.get(job["id"]))["status"] == "failed"
+
+
+def test_job_of_dead_worker_marked_failed(store: JobStore, queue_client: redis.Redis, key_prefix: str) -> None:
+    from rq.job import Job, JobStatus
+
+    from trainer.jobs import enqueue_training, reconcile_with_queue
+
+    job = make_job(store)
+    enqueue_training(queue_client, queue_name=f"training-{key_prefix}", job_id=job["id"], timeout_s=60)
+    queued = Job.fetch(job["id"], connection=queue_client)
+    queued.worker_name = f"gone-{key_prefix}"
+    queued.save()
+    queued.set_status(JobStatus.STARTED)
+    reconciled = reconcile_with_queue(store, queue_client, store.get(job["id"]))
+
+    assert reconciled["status"] == "failed"
+    assert "stopped" in reconciled["error"]["message"]

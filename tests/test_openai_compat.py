@@ -36,11 +36,12 @@ def test_seed_repeats_sampled_output(gateway: RunningGateway) -> None:
 
 
 def test_n_returns_distinct_choices(gateway: RunningGateway) -> None:
-    completion = create(gateway, n=2, temperature=1.0, seed=3)
+    completion = create(gateway, n=2, temperature=1.0, seed=3, logprobs=True)
+    tokens_per_choice = [len(choice.logprobs.content) for choice in completion.choices]
 
     assert [choice.index for choice in completion.choices] == [0, 1]
     assert completion.choices[0].message.content != completion.choices[1].message.content
-    assert completion.usage.completion_tokens == 12
+    assert completion.usage.completion_tokens == sum(tokens_per_choice)
 
 
 def test_length_finish_reason_at_max_tokens(gateway: RunningGateway) -> None:
@@ -78,11 +79,14 @@ def test_stop_string_cuts_text(gateway: RunningGateway) -> None:
 
 
 def test_stream_n_two_indexes_chunks(gateway: RunningGateway) -> None:
-    chunks = list(create(gateway, n=2, stream=True, stream_options={"include_usage": True}))
+    chunks = list(create(gateway, n=2, stream=True, stream_options={"include_usage": True}, logprobs=True))
     indexes = {choice.index for chunk in chunks for choice in chunk.choices}
+    streamed_tokens = sum(
+        len(choice.logprobs.content) for chunk in chunks for choice in chunk.choices if choice.logprobs is not None
+    )
 
     assert indexes == {0, 1}
-    assert chunks[-1].usage.completion_tokens == 12
+    assert chunks[-1].usage.completion_tokens == streamed_tokens
 
 
 def test_async_client_chat(gateway: RunningGateway) -> None:
@@ -175,24 +179,32 @@ def test_overload_returns_503_retry_after(gateway: RunningGateway) -> None:
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json()["error"]["code"] == "engine_overloaded"
+    assert response.json()["error"]["type"] == "server_error"
+    assert response.json()["error"]["param"] is None
 
 
 @pytest.mark.parametrize(
-    ("fields", "param"),
+    ("fields", "param", "code"),
     [
-        ({"temperature": 3}, "temperature"),
-        ({"n": 0}, "n"),
-        ({"messages": []}, "messages"),
-        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-        ({"logit_bias": {"not-a-token": 1}}, "logit_bias"),
-        ({"logit_bias": {"5": 500}}, "logit_bias"),
-        ({"top_logprobs": 3}, "top_logprobs"),
-        ({"max_tokens": 100000}, "max_tokens"),
-        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+        ({"temperature": 3}, "temperature", "invalid_value"),
+        ({"n": 0}, "n", "invalid_value"),
+        ({"messages": []}, "messages", "invalid_value"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role", "invalid_value"),
+        ({"logit_bias": {"not-a-token": 1}}, "logit_bias", "invalid_value"),
+        ({"logit_bias": {"5": 500}}, "logit_bias", None),
+        ({"top_logprobs": 3}, "top_logprobs", "invalid_value"),
+        ({"max_tokens": 100000}, "max_tokens", "context_length_exceeded"),
+        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", "unsupported_parameter"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages",
+            "unsupported_parameter",
+        ),
+        ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}, "messages", "unsupported_parameter"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "unsupported_parameter"),
     ],
 )
-def test_invalid_field_named_in_error(gateway: RunningGateway, fields: dict, param: str) -> None:
+def test_invalid_field_named_in_error(gateway: RunningGateway, fields: dict, param: str, code: str | None) -> None:
     body = {"model": TINY_MODEL_NAME, "messages": USER, **fields}
     response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body)
     error = response.json()["error"]
@@ -200,3 +212,44 @@ def test_invalid_field_named_in_error(gateway: RunningGateway, fields: dict, par
     assert response.status_code == 400
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
+    assert error["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"seed": 2**64}, "seed"), ({"seed": -(2**70)}, "seed"), ({"stream": "yes"}, "stream")],
+)
+def test_out_of_range_values_rejected(gateway: RunningGateway, fields: dict, param: str) -> None:
+    body = {"model": TINY_MODEL_NAME, "messages": USER, **fields}
+    response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+def test_tiny_temperature_decodes_greedily(gateway: RunningGateway) -> None:
+    greedy = create(gateway, temperature=0).choices[0].message.content
+    cold = create(gateway, temperature=1e-300).choices[0].message.content
+
+    assert cold == greedy
+
+
+def test_largest_seed_accepted(gateway: RunningGateway) -> None:
+    completion = create(gateway, temperature=1.0, seed=2**63 - 1, n=2)
+
+    assert len(completion.choices) == 2
+
+
+def test_missing_adapter_files_fall_back(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    import shutil
+
+    adapter = register_adapter(tiny_settings, tiny_model_path, "quinn", redis_client)
+    shutil.rmtree(adapter.path)
+    raw = client_for(gateway).chat.completions.with_raw_response.create(
+        model=TINY_MODEL_NAME, messages=USER, max_tokens=2, extra_headers={"X-Partner-ID": "quinn"}
+    )
+
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-adapter"] == "none"

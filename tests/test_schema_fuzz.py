@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from adapters.settings import Settings
 from gateway.app import create_app
-from tests.conftest import REDIS_URL, TINY_MODEL_NAME, RunningGateway, make_settings
+from tests.conftest import REDIS_URL, TINY_MODEL_NAME, RunningGateway, delete_test_keys, make_settings
 
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 # The OpenAPI document does not depend on settings, and building the app runs nothing until start-up.
@@ -41,10 +41,8 @@ def fuzz_gateway(
     running.stop()
 
     client = redis.Redis.from_url(REDIS_URL)
-    for pattern in (f"{prefix}:*", f"rq:*{prefix}*"):
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        if keys:
-            client.delete(*keys)
+    delete_test_keys(client, prefix)
+    client.close()
 
 
 @schema.parametrize()

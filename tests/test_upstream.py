@@ -418,6 +418,17 @@ def test_bad_request_passes_envelope(gateway: RunningGateway, fake: FakeUpstream
     assert turns_of(gateway, partner) == []
 
 
+def test_upstream_auth_failure_returns_502(gateway: RunningGateway, fake: FakeUpstream, partner: str) -> None:
+    fake.fail_next("unauthorized")
+    response = post(gateway, partner, chat_body(model=NO_RETRY))
+    error = response.json()["error"]
+
+    assert response.status_code == 502
+    assert error["type"] == "server_error"
+    assert error["code"] == "upstream_authentication_failed"
+    assert error["param"] is None
+
+
 def test_server_error_retried_once(gateway: RunningGateway, fake: FakeUpstream, partner: str) -> None:
     fake.fail_next("server_error")
     response = post(gateway, partner, chat_body(content="after a retry"))

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import redis
-from rq import Queue
+from rq import Queue, Worker
 from rq.callbacks import Callback
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -52,7 +52,8 @@ class JobConflictError(RuntimeError):
 
     def __init__(self, partner_id: str, open_job_id: str) -> None:
         super().__init__(
-            f"partner {partner_id!r} already has an open training job {open_job_id}; wait for it to finish or cancel it"
+            f"partner {partner_id!r} already has an open training job {open_job_id}; "
+            "wait for it to finish, then start a new one"
         )
         self.open_job_id = open_job_id
 
@@ -163,7 +164,10 @@ class JobStore:
         if status in TERMINAL_STATUSES:
             fields.setdefault("finished_at", int(time.time()))
         job = self.update(job_id, status=status, **fields)
-        self.add_event(job_id, "error" if status == "failed" else "info", f"Job status: {status}")
+        message = f"Job status: {status}"
+        if status == "failed" and job.get("error"):
+            message += f" ({job['error']['message']})"
+        self.add_event(job_id, "error" if status == "failed" else "info", message)
         logger.info("Job %s: status %s (partner %s)", job_id, status, job["partner_id"])
         return job
 
@@ -218,12 +222,15 @@ def reconcile_with_queue(store: JobStore, queue_client: redis.Redis, job: dict[s
         return job
 
     try:
-        queue_status: JobStatus | None = Job.fetch(job["id"], connection=queue_client).get_status()
+        queued = Job.fetch(job["id"], connection=queue_client)
+        queue_status: JobStatus | None = queued.get_status()
     except NoSuchJobError:
-        queue_status = None
+        queued, queue_status = None, None
 
     if queue_status in _ENDED_IN_QUEUE:
         message = f"the worker stopped while running this job (queue status {queue_status.value})"
+    elif queue_status == JobStatus.STARTED and queued is not None and not _worker_alive(queue_client, queued):
+        message = f"the worker running this job ({queued.worker_name}) stopped; start a new job"
     elif queue_status is None and time.time() - job["created_at"] > MISSING_FROM_QUEUE_GRACE_S:
         message = "the job is not in the training queue; start a new one"
     else:
@@ -231,3 +238,10 @@ def reconcile_with_queue(store: JobStore, queue_client: redis.Redis, job: dict[s
 
     logger.warning("Job %s: %s (partner %s)", job["id"], message, job["partner_id"])
     return store.set_status(job["id"], "failed", error={"code": "worker_lost", "message": message, "param": None})
+
+
+def _worker_alive(queue_client: redis.Redis, queued: Job) -> bool:
+    """Returns whether the worker that started ``queued`` still heartbeats (its key expires when it dies)."""
+    if not queued.worker_name:
+        return True
+    return bool(queue_client.exists(Worker.redis_worker_namespace_prefix + queued.worker_name))
