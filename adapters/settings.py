@@ -178,7 +178,7 @@ class Settings(BaseSettings):
             raise ValueError(f"model_list names {', '.join(duplicates)} more than once")
         local = [entry for entry in self.model_list if entry.litellm_params.is_local]
         if len(local) > 1:
-            # TODO: serve several local base models at once; the engine holds one base model today.
+            # TODO: serve several local base models at once; the engine loads one base model today.
             raise ValueError("model_list has more than one local/ entry: this version serves one local model")
         return self
 

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible upstream that answers instantly, for measuring what sits in front of it.
+"""An OpenAI-compatible upstream that responds instantly, for measuring what sits in front of it.
 
 It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) to answer ``POST .../chat/completions``
 with a fixed chat completion, so that its own cost is small next to the proxies being measured.
@@ -38,7 +38,7 @@ MODELS_RESPONSE = (
 
 
 class FakeUpstream(asyncio.Protocol):
-    """Answers every request on a connection with the fixed completion (or the model list for GET)."""
+    """Responds to every request on a connection with the fixed completion (or the model list for GET)."""
 
     def __init__(self) -> None:
         self.buffer = b""

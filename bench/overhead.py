@@ -66,7 +66,7 @@ def wait_for(url: str, timeout_s: float = 120.0, headers: dict[str, str] | None 
         except httpx.TransportError:
             pass
         time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
+    raise TimeoutError(f"{url} did not respond within {timeout_s:.0f} s")
 
 
 @contextmanager

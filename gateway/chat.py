@@ -170,7 +170,7 @@ async def resolve_session_id(
     partner: Partner, messages: list[dict[str, str]], session_header: str | None, services: Services
 ) -> str:
     if session_header:
-        return validate_id(session_header, param="X-Session-ID", what="session id")
+        return validate_id(session_header, param="X-Session-ID", kind="session id")
     pending = services.turn_writer.pending_session(partner.id, messages)
     if pending is not None:
         return pending

@@ -159,7 +159,12 @@ def _choice(
     prefix = context.prompts[prompt_index] if context.echo and delta is None else ""
     logprobs = None
     if context.params[prompt_index].logprobs:
-        items = delta.logprobs if delta is not None else (output.logprobs if output is not None else None) or []
+        if delta is not None:
+            items = delta.logprobs
+        elif output is not None and output.logprobs is not None:
+            items = output.logprobs
+        else:
+            items = []
         logprobs = legacy_logprobs(items, engine.token_text, text_offset=len(prefix))
     return {
         "index": index,

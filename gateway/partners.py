@@ -22,9 +22,9 @@ class Partner:
     source: str
 
 
-def validate_id(value: str, *, param: str, what: str) -> str:
+def validate_id(value: str, *, param: str, kind: str) -> str:
     if not _ID_PATTERN.fullmatch(value):
-        raise APIError(400, f"invalid {what} {value!r}: use {ID_RULE}", param=param, code="invalid_value")
+        raise APIError(400, f"invalid {kind} {value!r}: use {ID_RULE}", param=param, code="invalid_value")
     return value
 
 
@@ -35,7 +35,7 @@ def resolve_partner(
     candidates = (("X-Partner-ID", header), ("user", user), ("safety_identifier", safety_identifier))
     for source, value in candidates:
         if value:
-            partner_id = validate_id(value, param=source, what="partner id")
+            partner_id = validate_id(value, param=source, kind="partner id")
             if partner_id == anonymous_id:
                 raise APIError(400, f"partner id {partner_id!r} is reserved for requests without one", param=source)
             return Partner(id=partner_id, anonymous=False, source=source)

@@ -91,7 +91,7 @@ async def _partner_adapters(x_partner_id: str | None, services: Services) -> lis
     """Returns the calling partner's adapter versions; other partners' adapters are never listed."""
     if not x_partner_id or services.settings.local_model is None:
         return []
-    validate_id(x_partner_id, param="X-Partner-ID", what="partner id")
+    validate_id(x_partner_id, param="X-Partner-ID", kind="partner id")
     return await fetch_adapters(services.redis, services.keys, x_partner_id)
 
 

@@ -22,7 +22,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def _check_partner_id(partner_id: str) -> None:
-    validate_id(partner_id, param="partner_id", what="partner id")
+    validate_id(partner_id, param="partner_id", kind="partner id")
 
 
 @router.get("/{partner_id}/sessions")

@@ -68,7 +68,7 @@ async def _active_adapter(entry: ModelEntry, partner: Partner, services: Service
     if adapter is None or adapter.base_model != entry.model_name:
         return None
     if not adapter_files_present(adapter):
-        # Serving the base model keeps the partner answered; the header then says "none", which is true.
+        # The base model serves instead, so the partner still gets a reply, and X-Adapter truthfully reads "none".
         logger.error(
             "Partner %s: active adapter %s has no files at %s; serving the base model",
             partner.id,

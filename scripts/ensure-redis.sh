@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a local redis-server when nothing answers on REDIS_URL (only for localhost URLs).
+# Start a local redis-server when nothing responds on REDIS_URL (only for localhost URLs).
 set -euo pipefail
 
 url="${REDIS_URL:-redis://127.0.0.1:6379/0}"
@@ -14,11 +14,11 @@ if redis-cli -h "$host" -p "$port" ping >/dev/null 2>&1; then
   exit 0
 fi
 if [[ "$host" != "127.0.0.1" && "$host" != "localhost" ]]; then
-  echo "Redis at $url does not answer and is not local; start it and retry." >&2
+  echo "Redis at $url does not respond and is not local; start it and retry." >&2
   exit 1
 fi
 if ! command -v redis-server >/dev/null 2>&1; then
-  echo "Redis at $url does not answer and redis-server is not installed (apt-get install redis-server)." >&2
+  echo "Redis at $url does not respond and redis-server is not installed (apt-get install redis-server)." >&2
   exit 1
 fi
 

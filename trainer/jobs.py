@@ -213,7 +213,7 @@ def enqueue_training(queue_client: redis.Redis, *, queue_name: str, job_id: str,
 
 
 def reconcile_with_queue(store: JobStore, queue_client: redis.Redis, job: dict[str, Any]) -> dict[str, Any]:
-    """Marks an open job failed when RQ says its work ended without the job recording it.
+    """Marks an open job failed when RQ reports that its work ended without the job recording it.
 
     This happens when the worker's work horse is killed (out of memory, SIGKILL): RQ then fails the job
     without running its failure callback.
