@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Annotated, Any
 
@@ -10,8 +11,9 @@ from fastapi import APIRouter, Depends, Query
 
 from gateway.errors import APIError
 from gateway.services import Services, get_services
-from trainer.jobs import reconcile_with_queue
+from trainer.jobs import JobFinishedError, reconcile_with_queue
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 ServicesDep = Annotated[Services, Depends(get_services)]
 
@@ -53,3 +55,20 @@ async def list_job_events(
     await _job_or_404(job_id, services)
     events = await asyncio.to_thread(services.jobs.events, job_id, limit=limit + 1, after=after)
     return {"object": "list", "data": events[:limit], "has_more": len(events) > limit}
+
+
+@router.post("/{job_id}/cancel")
+async def cancel_job(job_id: str, services: ServicesDep) -> dict[str, Any]:
+    """Cancels a queued or running job; a running job stops after its current training step."""
+    job = await _job_or_404(job_id, services)
+    try:
+        cancelled = await asyncio.to_thread(services.jobs.cancel, services.queue_redis, job["id"])
+    except JobFinishedError as error:
+        raise APIError(
+            400,
+            f"training job {job_id} already {error.status}; only queued or running jobs can be cancelled",
+            param="job_id",
+            code="job_not_cancellable",
+        ) from error
+    logger.info("Job %s: cancelled by request (partner %s)", job_id, cancelled["partner_id"])
+    return cancelled

@@ -260,3 +260,14 @@ def test_malformed_job_id_returns_404(gateway: RunningGateway) -> None:
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "job_not_found"
+
+
+def test_openai_client_cancels_job(gateway: RunningGateway) -> None:
+    chat(gateway, "rita", [{"role": "user", "content": "something to train on"}])
+    job = httpx.post(f"{gateway.base_url}/v1/partners/rita/adapters").json()
+    cancelled = client_for(gateway).fine_tuning.jobs.cancel(job["id"])
+    again = httpx.post(f"{gateway.base_url}/v1/fine_tuning/jobs/{job['id']}/cancel")
+
+    assert cancelled.status == "cancelled"
+    assert again.status_code == 400
+    assert again.json()["error"]["code"] == "job_not_cancellable"

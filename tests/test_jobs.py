@@ -178,3 +178,74 @@ def test_job_of_dead_worker_marked_failed(store: JobStore, queue_client: redis.R
 
     assert reconciled["status"] == "failed"
     assert "stopped" in reconciled["error"]["message"]
+
+
+def test_cancel_queued_job(store: JobStore, queue_client: redis.Redis, key_prefix: str) -> None:
+    from rq.job import Job, JobStatus
+
+    from trainer.jobs import enqueue_training
+
+    job = make_job(store)
+    enqueue_training(queue_client, queue_name=f"training-{key_prefix}", job_id=job["id"], timeout_s=60)
+    cancelled = store.cancel(queue_client, job["id"])
+
+    assert cancelled["status"] == "cancelled"
+    assert Job.fetch(job["id"], connection=queue_client).get_status() == JobStatus.CANCELED
+    assert make_job(store)["status"] == "queued"
+
+
+def test_cancel_finished_job_rejected(store: JobStore, queue_client: redis.Redis) -> None:
+    from trainer.jobs import JobFinishedError
+
+    job = make_job(store)
+    store.set_status(job["id"], "succeeded")
+
+    with pytest.raises(JobFinishedError):
+        store.cancel(queue_client, job["id"])
+
+
+def test_cancelled_job_keeps_status(store: JobStore, queue_client: redis.Redis) -> None:
+    from trainer.jobs import JobFinishedError
+
+    job = make_job(store)
+    store.cancel(queue_client, job["id"])
+
+    with pytest.raises(JobFinishedError):
+        store.set_status(job["id"], "succeeded")
+    assert store.get(job["id"])["status"] == "cancelled"
+
+
+def test_cancel_stops_running_training(
+    tiny_settings: Settings, redis_client: redis.Redis, store: JobStore, queue_client: redis.Redis
+) -> None:
+    import threading
+
+    keys = Keys(tiny_settings.key_prefix)
+    long_form = "the small red ceramic mug with the chipped handle"
+    texts = [
+        f"I need {long_form} for tea.",
+        "Let me think about where everything should go today.",
+        "Please put the chipped mug on the top shelf.",
+        "Also wash the chipped mug first.",
+        "Then the mug goes back next to the kettle.",
+        "Fine, and the chipped mug stays there.",
+    ]
+    store_session(redis_client, keys, "alice", texts)
+    settings = tiny_settings.model_copy(update={"training": tiny_settings.training.model_copy(update={"epochs": 200})})
+    job = make_job(store)
+    worker.configure(settings)
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(worker.run_training_job(job["id"])))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not any(event["message"].startswith("Step ") for event in store.events(job["id"], limit=1000)):
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.05)
+    store.cancel(queue_client, job["id"])
+    runner.join(timeout=120)
+
+    steps = [event for event in store.events(job["id"], limit=10000) if event["message"].startswith("Step ")]
+    assert outcome["status"] == "cancelled"
+    assert len(steps) < 100
+    assert redis_client.get(keys.active_adapter("alice")) is None
+    assert list((Path(tiny_settings.artifact_dir) / "alice").iterdir()) == []

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from rq import Queue, Worker
 from rq.callbacks import Callback
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from adapters.keys import Keys
@@ -56,6 +56,21 @@ class JobConflictError(RuntimeError):
             "wait for it to finish, then start a new one"
         )
         self.open_job_id = open_job_id
+
+
+class TrainingCancelledError(RuntimeError):
+    """The job was cancelled while it trained; nothing is published."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"training job {job_id} was cancelled")
+
+
+class JobFinishedError(RuntimeError):
+    """The job already reached a terminal status, so its status cannot change."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"training job {job_id} is already {status}")
+        self.status = status
 
 
 def new_job_id() -> str:
@@ -150,6 +165,11 @@ class JobStore:
                     if raw is None:
                         raise KeyError(job_id)
                     job = json.loads(raw)
+                    if "status" in fields and job["status"] in TERMINAL_STATUSES:
+                        # A finished job never changes status again: a worker finishing after a cancel keeps it
+                        # cancelled.
+                        pipe.unwatch()
+                        raise JobFinishedError(job_id, job["status"])
                     job.update(fields)
                     pipe.multi()
                     pipe.set(key, json.dumps(job))
@@ -159,6 +179,23 @@ class JobStore:
                     return job
                 except redis.WatchError:
                     continue
+
+    def is_cancelled(self, job_id: str) -> bool:
+        job = self.get(job_id)
+        return job is not None and job["status"] == "cancelled"
+
+    def cancel(self, queue_client: redis.Redis, job_id: str) -> dict[str, Any]:
+        """Marks an open job cancelled and takes it off the queue; a running job stops at its next training step.
+
+        Raises JobFinishedError when the job already ended.
+        """
+        job = self.set_status(job_id, "cancelled")
+        try:
+            Job.fetch(job_id, connection=queue_client).cancel()
+        except (NoSuchJobError, InvalidJobOperation):
+            # A running job is not cancellable in RQ's terms; the worker sees the status and stops.
+            pass
+        return job
 
     def set_status(self, job_id: str, status: str, **fields: Any) -> dict[str, Any]:
         if status in TERMINAL_STATUSES:

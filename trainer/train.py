@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from adapters.settings import TrainingSettings
+from trainer.jobs import TrainingCancelledError
 from trainer.mining import PreferencePair
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,13 @@ def train_lora_adapter(
     settings: TrainingSettings,
     work_dir: Path,
     on_progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainingResult:
-    """Train a LoRA adapter on ``pairs`` and save it (adapter files only) into ``output_dir``."""
+    """Train a LoRA adapter on ``pairs`` and save it (adapter files only) into ``output_dir``.
+
+    ``should_stop`` is asked after every step; when it returns True, training stops and TrainingCancelledError
+    is raised before anything is saved.
+    """
     torch.manual_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
@@ -161,11 +167,13 @@ def train_lora_adapter(
         train_dataset=Dataset.from_list(records),
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[StepProgressCallback(on_progress)] if on_progress else None,
+        callbacks=_callbacks(on_progress, should_stop),
     )
 
     started = time.monotonic()
     output = trainer.train()
+    if should_stop is not None and should_stop():
+        raise TrainingCancelledError(str(work_dir))
     trainer.model.save_pretrained(str(output_dir))
     trained_tokens = _count_tokens(trainer)
     return TrainingResult(
@@ -181,6 +189,26 @@ def _count_tokens(trainer: Any) -> int:
     columns = [name for name in ("prompt_ids", "chosen_ids", "rejected_ids") if name in dataset.column_names]
     epochs = int(trainer.args.num_train_epochs)
     return epochs * sum(len(ids) for name in columns for ids in dataset[name])
+
+
+def _callbacks(on_progress: ProgressCallback | None, should_stop: Callable[[], bool] | None) -> list[TrainerCallback]:
+    callbacks: list[TrainerCallback] = []
+    if on_progress is not None:
+        callbacks.append(StepProgressCallback(on_progress))
+    if should_stop is not None:
+        callbacks.append(StopCallback(should_stop))
+    return callbacks
+
+
+class StopCallback(TrainerCallback):
+    """Stops training at the end of the step in which ``should_stop`` first returns True."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if self.should_stop():
+            control.should_training_stop = True
 
 
 class StepProgressCallback(TrainerCallback):

@@ -15,7 +15,7 @@ from adapters.base_model import resolve_model_path
 from adapters.keys import Keys
 from adapters.registry import AdapterRegistry, AdapterVersion, adapter_folder
 from adapters.settings import Settings
-from trainer.jobs import TERMINAL_STATUSES, JobStore
+from trainer.jobs import TERMINAL_STATUSES, JobFinishedError, JobStore, TrainingCancelledError
 from trainer.mining import mine_pairs
 from trainer.sessions import load_partner_sessions
 
@@ -53,22 +53,38 @@ def run_training_job(job_id: str) -> dict[str, Any]:
     job = jobs.get(job_id)
     if job is None:
         raise KeyError(f"training job {job_id} not found in Redis")
-    if job["status"] in TERMINAL_STATUSES:
-        logger.info("Job %s: skipped, already %s", job_id, job["status"])
-        return job
 
-    jobs.set_status(job_id, "running")
+    try:
+        jobs.set_status(job_id, "running")
+    except JobFinishedError as finished:
+        logger.info("Job %s: skipped, already %s", job_id, finished.status)
+        return jobs.get(job_id) or job
+
     try:
         return _train_and_publish(job, settings, jobs, registry, client)
+    except TrainingCancelledError:
+        logger.info("Job %s: cancelled, no adapter published (partner %s)", job_id, job["partner_id"])
+        return jobs.get(job_id) or job
     except InsufficientDataError as error:
         logger.warning("Job %s: failed, %s", job_id, error)
-        return jobs.set_status(
-            job_id, "failed", error={"code": "insufficient_data", "message": str(error), "param": None}
+        return _finish(
+            jobs, job_id, "failed", error={"code": "insufficient_data", "message": str(error), "param": None}
         )
     except Exception as error:
         logger.exception("Job %s: failed", job_id)
-        jobs.set_status(job_id, "failed", error={"code": "training_failed", "message": str(error), "param": None})
+        _finish(jobs, job_id, "failed", error={"code": "training_failed", "message": str(error), "param": None})
         raise
+
+
+def _finish(jobs: JobStore, job_id: str, status: str, **fields: Any) -> dict[str, Any]:
+    """Sets a terminal status, unless the job already ended (a cancel that came first wins)."""
+    try:
+        return jobs.set_status(job_id, status, **fields)
+    except JobFinishedError as finished:
+        logger.info("Job %s: not marked %s, already %s", job_id, status, finished.status)
+        stored = jobs.get(job_id)
+        assert stored is not None
+        return stored
 
 
 def _train_and_publish(
@@ -101,8 +117,11 @@ def _train_and_publish(
             settings=settings.training,
             work_dir=staging / "trainer-state",
             on_progress=lambda message, metrics: jobs.add_event(job_id, "info", message, metrics),
+            should_stop=lambda: jobs.is_cancelled(job_id),
         )
         shutil.rmtree(staging / "trainer-state", ignore_errors=True)
+        if jobs.is_cancelled(job_id):
+            raise TrainingCancelledError(job_id)
         version = registry.allocate_version(partner_id)
         final = adapter_folder(settings.artifact_dir, partner_id, version)
         staging.rename(final)
@@ -121,7 +140,8 @@ def _train_and_publish(
     )
     registry.register(adapter, activate=True)
     jobs.add_event(job_id, "info", f"Adapter {adapter.name} saved and activated", {"train_loss": result.train_loss})
-    return jobs.set_status(
+    return _finish(
+        jobs,
         job_id,
         "succeeded",
         fine_tuned_model=f"ft:{adapter.base_model}:{partner_id}:{version}",
