@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.decoding import SamplingParams, TokenLogprob, decode
+from adapters.planning import PlanningTokenFilter
 from adapters.registry import AdapterVersion
 
 __all__ = [
@@ -70,6 +71,7 @@ class GenerationOutput:
     prompt_tokens: int
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None
+    planning_tokens: int = 0
 
 
 @dataclass
@@ -266,6 +268,7 @@ class LocalEngine:
             prompt_tokens=len(prompt_ids),
             completion_tokens=len(generated),
             logprobs=collector.all_logprobs if params.logprobs else None,
+            planning_tokens=collector.planning_tokens,
         )
 
     def _eos_token_ids(self) -> set[int]:
@@ -339,6 +342,7 @@ class _DeltaCollector:
         self.token_ids: list[int] = []
         self.pending_logprobs: list[TokenLogprob] = []
         self.all_logprobs: list[TokenLogprob] = []
+        self.planning_tokens = 0
 
     def on_token(self, token: int, logprob: TokenLogprob | None) -> bool:
         """Takes one generated token; returns False when generation must stop."""
@@ -352,12 +356,15 @@ class _DeltaCollector:
         text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
         # An incomplete multi-byte character decodes to U+FFFD; wait for the next token to complete it.
         if not text.endswith("\ufffd"):
-            self._send(self.trimmer.feed(text))
+            # Planning tokens come out first (a partial one is held back), so that no client ever sees one.
+            self._send(self.trimmer.feed(PlanningTokenFilter().feed(text)))
         return not self.trimmer.stopped
 
     def flush(self) -> None:
         """Sends the text the stop trimmer kept back, once generation has ended."""
-        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        planning = PlanningTokenFilter()
+        text = planning.strip(self.tokenizer.decode(self.token_ids, skip_special_tokens=True))
+        self.planning_tokens = planning.count
         self._send(self.trimmer.feed(text) + self.trimmer.finish(), final=True)
 
     def _send(self, text: str, *, final: bool = False) -> None:

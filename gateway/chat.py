@@ -333,6 +333,7 @@ async def record_turn(context: ChatContext, output: GenerationOutput, services: 
         usage=usage([output]),
         created_at=context.started_at,
     )
+    turn["planning_tokens"] = output.planning_tokens
     await services.sessions.append_turn(turn)
     logger.debug(
         "Request %s: turn recorded (partner %s, session %s, adapter %s)",
