@@ -434,7 +434,7 @@ def test_pairs_across_user_and_assistant() -> None:
         message("user", "Great, thanks. Now please wash the mug and the plates."),
     ]
 
-    pairs = build_preference_pairs(transcript, find_rementions(transcript))
+    pairs = remention_pairs(build_preference_pairs(transcript, find_rementions(transcript)))
 
     assert [pair.role for pair in pairs] == ["assistant", "user"]
     assert pairs[0].rejected == f"I found {MUG} in the cupboard, behind the plates."
@@ -467,7 +467,7 @@ def test_mine_pairs_deduplicates_across_sessions() -> None:
 
     pairs = mine_pairs([turns, turns])
 
-    assert len(pairs) == 1
+    assert [pair.kind for pair in pairs] == ["remention", "first_mention"]
 
 
 def test_mine_pairs_keeps_distinct_pairs() -> None:
@@ -492,7 +492,7 @@ def test_mine_pairs_keeps_distinct_pairs() -> None:
         },
     ]
 
-    pairs = mine_pairs([first_session, second_session])
+    pairs = remention_pairs(mine_pairs([first_session, second_session]))
 
     assert [pair.chosen for pair in pairs] == [
         "Later today I will wash the mug.",
@@ -512,3 +512,32 @@ def test_demo_sessions_have_three_rementions() -> None:
         rementions = find_rementions(user_transcript(*session["user_turns"]))
         assert 4 <= len(session["user_turns"]) <= 6, session["session_id"]
         assert len(rementions) >= 3, session["session_id"]
+
+
+def remention_pairs(pairs: list) -> list:
+    return [pair for pair in pairs if pair.kind == "remention"]
+
+
+def test_session_yields_both_pair_kinds() -> None:
+    transcript = user_transcript(f"Please put {MUG} on the shelf.", "Later today I will wash the chipped mug.")
+
+    pairs = build_preference_pairs(transcript, find_rementions(transcript))
+    by_kind = {pair.kind: pair for pair in pairs}
+
+    assert by_kind["remention"].chosen == "Later today I will wash the chipped mug."
+    assert by_kind["remention"].rejected == f"Later today I will wash {MUG}."
+    assert by_kind["first_mention"].chosen == f"Please put {MUG} on the shelf."
+    assert by_kind["first_mention"].rejected == "Please put the chipped mug on the shelf."
+
+
+def test_first_mention_pair_uses_shortest_form() -> None:
+    transcript = user_transcript(
+        f"Please put {MUG} on the shelf.",
+        "Later today I will wash the chipped mug.",
+        "Then I will dry the mug as well.",
+    )
+
+    pairs = build_preference_pairs(transcript, find_rementions(transcript))
+    first_mention = [pair for pair in pairs if pair.kind == "first_mention"]
+
+    assert [pair.rejected for pair in first_mention] == ["Please put the mug on the shelf."]

@@ -120,7 +120,10 @@ class Remention:
 
 @dataclass(frozen=True)
 class PreferencePair:
-    """One message with a short re-mention (chosen) and with the long first mention (rejected).
+    """A minimal pair: one message as written (chosen) and with one mention swapped (rejected).
+
+    ``kind`` "remention": the short re-mention is preferred over repeating the long first mention.
+    ``kind`` "first_mention": the full first mention is preferred over using the short form too early.
 
     ``prompt`` contains the transcript messages before that message, and ``role`` is its role, which
     is "user" when the partner wrote the re-mention.
@@ -132,6 +135,7 @@ class PreferencePair:
     role: str
     first_mention: str
     remention: str
+    kind: str = "remention"
 
 
 # Session transcripts
@@ -501,9 +505,38 @@ def _preference_pair(transcript: Sequence[Message], remention: Remention) -> Pre
     )
 
 
+def _first_mention_pair(transcript: Sequence[Message], remention: Remention) -> PreferencePair:
+    """Builds the pair that prefers the full first mention over the short form used before it was established."""
+    first = remention.first
+    message = transcript[first.message_index]
+    content = message["content"]
+    short = remention.later.text
+    short = short[:1].upper() + short[1:] if first.text[:1].isupper() else short[:1].lower() + short[1:]
+    return PreferencePair(
+        prompt=[dict(previous) for previous in transcript[: first.message_index]],
+        chosen=content,
+        rejected=content[: first.start] + short + content[first.end :],
+        role=message["role"],
+        first_mention=first.text,
+        remention=remention.later.text,
+        kind="first_mention",
+    )
+
+
 def build_preference_pairs(transcript: Sequence[Message], rementions: Iterable[Remention]) -> list[PreferencePair]:
-    """Build one preference pair per re-mention, in the order of ``rementions``."""
-    return [_preference_pair(transcript, remention) for remention in rementions]
+    """Builds one re-mention pair per re-mention, then one first-mention pair per first mention.
+
+    The first-mention pair uses the shortest re-mention found for that first mention as the too-early form.
+    """
+    rementions = list(rementions)
+    pairs = [_preference_pair(transcript, remention) for remention in rementions]
+    shortest: dict[Mention, Remention] = {}
+    for remention in rementions:
+        known = shortest.get(remention.first)
+        if known is None or len(remention.later.text.split()) < len(known.later.text.split()):
+            shortest[remention.first] = remention
+    pairs += [_first_mention_pair(transcript, remention) for remention in shortest.values()]
+    return pairs
 
 
 def mine_pairs(sessions_turns: Iterable[Sequence[Mapping[str, Any]]]) -> list[PreferencePair]:
