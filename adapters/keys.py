@@ -35,6 +35,14 @@ class Keys:
         """STRING marking a turn as stored, so that a retried write never stores it twice."""
         return f"{self.prefix}:turn:{turn_id}:written"
 
+    def partner_stats(self, partner_id: str) -> str:
+        """HASH with the partner's training counters: new_turns (trainable turns since the last job), last_job_at."""
+        return f"{self.prefix}:partner:{partner_id}:stats"
+
+    def partner_settings(self, partner_id: str) -> str:
+        """HASH with the partner's own settings (auto_training)."""
+        return f"{self.prefix}:partner:{partner_id}:settings"
+
     def adapters(self, partner_id: str) -> str:
         """HASH version -> adapter version metadata as JSON."""
         return f"{self.prefix}:partner:{partner_id}:adapters"

@@ -128,6 +128,14 @@ class TrainingSettings(BaseModel):
     seed: int = 0
 
 
+class TrainingPolicy(BaseModel):
+    """When the gateway starts a partner's training job by itself."""
+
+    auto_training: bool = Field(default=True, description="Start jobs automatically; partners can opt out.")
+    min_new_turns: int = Field(default=50, ge=1, description="Trainable turns since the partner's last job.")
+    cooldown_s: int = Field(default=3600, ge=0, description="Minimum seconds between two jobs of one partner.")
+
+
 class Settings(BaseSettings):
     """Everything a gateway or worker process needs to start."""
 
@@ -157,6 +165,7 @@ class Settings(BaseSettings):
         description="How long a conversation prefix keeps mapping to its session.",
     )
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    training_policy: TrainingPolicy = Field(default_factory=TrainingPolicy)
 
     @classmethod
     def settings_customise_sources(

@@ -94,10 +94,16 @@ def run_demo(*, base_url: str, partner_id: str | None, max_tokens: int, timeout_
 
         print("== Starting a training job")
         response = http.post(f"/v1/partners/{partner_id}/adapters")
-        if response.status_code != 200:
+        if response.status_code == 409:
+            # The training policy may already have started a job for this partner; follow that one.
+            job_id = http.get(f"/v1/partners/{partner_id}").json()["open_job"]
+            print(f"a training job is already open for {partner_id!r}: {job_id}")
+        elif response.status_code == 200:
+            job_id = response.json()["id"]
+        else:
             print(f"starting the training job failed: {response.status_code} {response.text}")
             return 1
-        job = wait_for_job(client, response.json()["id"], timeout_s)
+        job = wait_for_job(client, job_id, timeout_s)
 
     if job.status != "succeeded":
         print(f"training job {job.id} ended {job.status}: {job.error}")

@@ -7,14 +7,15 @@ import logging
 from dataclasses import asdict
 from typing import Annotated, Any
 
-import redis
 from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict
 
 from adapters.registry import AdapterVersion
 from gateway.errors import APIError
 from gateway.partners import validate_id
 from gateway.services import Services, get_services
-from trainer.jobs import OPEN_STATUSES, JobConflictError, enqueue_training, new_job, new_job_id, reconcile_with_queue
+from trainer.jobs import JobConflictError
+from trainer.scheduling import start_training_job
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/partners", tags=["partners"])
@@ -77,49 +78,54 @@ async def start_training(partner_id: str, services: ServicesDep) -> dict[str, An
             code="no_sessions",
         )
 
-    return await asyncio.to_thread(_create_and_enqueue, partner_id, services)
-
-
-def _create_and_enqueue(partner_id: str, services: Services) -> dict[str, Any]:
-    settings = services.settings
-    hyperparameters = {
-        "n_epochs": settings.training.epochs,
-        "batch_size": settings.training.batch_size,
-        "learning_rate": settings.training.learning_rate,
-        "beta": settings.training.beta,
-        "lora_rank": settings.training.lora_rank,
-        "seed": settings.training.seed,
-    }
-    job = new_job(
-        job_id=new_job_id(),
-        partner_id=partner_id,
-        model=settings.require_local_model().model_name,
-        hyperparameters=hyperparameters,
-    )
     try:
-        services.jobs.create(job)
-    except JobConflictError as error:
-        if not _open_job_ended(error.open_job_id, services):
-            raise APIError(409, str(error), param="partner_id", code="job_already_open") from error
-        services.jobs.create(job)
-
-    try:
-        enqueue_training(
-            services.queue_redis, queue_name=settings.queue_name, job_id=job["id"], timeout_s=settings.job_timeout_s
+        return await asyncio.to_thread(
+            start_training_job,
+            settings=services.settings,
+            jobs=services.jobs,
+            queue_client=services.queue_redis,
+            partner_id=partner_id,
+            reason="requested",
         )
-    except redis.RedisError as error:
-        logger.error("Job %s: enqueueing failed for partner %s: %s", job["id"], partner_id, error)
-        failure = {"code": "enqueue_failed", "message": f"enqueueing the job failed: {error}", "param": None}
-        services.jobs.set_status(job["id"], "failed", error=failure)
-        raise
-
-    logger.info("Job %s: created for partner %s", job["id"], partner_id)
-    return job
+    except JobConflictError as error:
+        raise APIError(409, str(error), param="partner_id", code="job_already_open") from error
 
 
-def _open_job_ended(job_id: str, services: Services) -> bool:
-    """Returns True when the job blocking a new one turns out to have ended in the queue (a killed worker)."""
-    job = services.jobs.get(job_id)
-    if job is None:
-        return True
-    return reconcile_with_queue(services.jobs, services.queue_redis, job)["status"] not in OPEN_STATUSES
+class PartnerUpdate(BaseModel):
+    """Fields of a partner that clients can change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto_training: bool | None = None
+
+
+@router.get("/{partner_id}")
+async def get_partner(partner_id: str, services: ServicesDep) -> dict[str, Any]:
+    """Returns the partner's summary: sessions, training counters, settings and active adapter."""
+    _check_partner_id(partner_id)
+    stats = await services.redis.hgetall(services.keys.partner_stats(partner_id))
+    own = await services.redis.hgetall(services.keys.partner_settings(partner_id))
+    active = await services.redis.get(services.keys.active_adapter(partner_id))
+    open_job = await services.redis.get(services.keys.partner_open_job(partner_id))
+    return {
+        "id": partner_id,
+        "object": "partner",
+        "session_count": await services.sessions.count_sessions(partner_id),
+        "new_turns": int(stats.get("new_turns", 0)),
+        "last_job_at": float(stats["last_job_at"]) if "last_job_at" in stats else None,
+        "auto_training": own.get("auto_training") != "0",
+        "active_adapter": f"{partner_id}/{active}" if active is not None else None,
+        "open_job": open_job,
+    }
+
+
+@router.patch("/{partner_id}")
+async def update_partner(partner_id: str, update: PartnerUpdate, services: ServicesDep) -> dict[str, Any]:
+    """Changes the partner's settings; ``auto_training: false`` opts the partner out of automatic jobs."""
+    _check_partner_id(partner_id)
+    if update.auto_training is not None:
+        await services.redis.hset(
+            services.keys.partner_settings(partner_id), "auto_training", "1" if update.auto_training else "0"
+        )
+        logger.info("Partner %s: auto_training set to %s", partner_id, update.auto_training)
+    return await get_partner(partner_id, services)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 import aiohttp
@@ -17,6 +19,9 @@ from adapters.settings import Settings
 from gateway.sessions import SessionStore
 from gateway.turn_writer import TurnWriter
 from trainer.jobs import JobStore
+from trainer.scheduling import consider_automatic_job
+
+logger = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_S = 5.0
 UPSTREAM_MAX_CONNECTIONS = 256
@@ -50,7 +55,7 @@ class Services:
         # RQ stores pickled job data, so its connection must return bytes.
         queue_client = redis.Redis.from_url(settings.redis_url, **timeouts)
         sessions = SessionStore(async_client, keys, conversation_ttl_s=settings.conversation_index_ttl_s)
-        return cls(
+        services = cls(
             settings=settings,
             keys=keys,
             redis=async_client,
@@ -72,6 +77,28 @@ class Services:
                 timeout=httpx.Timeout(UPSTREAM_DEFAULT_TIMEOUT_S, connect=UPSTREAM_CONNECT_TIMEOUT_S),
             ),
         )
+        sessions.on_trainable_turn = services.schedule_after_turn
+        return services
+
+    async def schedule_after_turn(self, partner_id: str, new_turns: int) -> None:
+        """Starts the partner's training job when the training policy allows it; errors are logged, not raised."""
+        policy = self.settings.training_policy
+        if not policy.auto_training or new_turns < policy.min_new_turns:
+            return
+        try:
+            job = await asyncio.to_thread(
+                consider_automatic_job,
+                settings=self.settings,
+                jobs=self.jobs,
+                queue_client=self.queue_redis,
+                partner_id=partner_id,
+                new_turns=new_turns,
+            )
+        except (redis.RedisError, ValueError) as error:
+            logger.error("Partner %s: starting an automatic training job failed: %s", partner_id, error)
+            return
+        if job is not None:
+            logger.info("Partner %s: automatic training job %s after %d new turns", partner_id, job["id"], new_turns)
 
     def local_engine(self) -> LocalEngine:
         if self.engine is None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -22,7 +23,7 @@ WRITTEN_MARKER_TTL_S = 24 * 3600
 
 _APPEND_TURN_SCRIPT = """
 if not redis.call('SET', KEYS[6], '1', 'NX', 'EX', ARGV[8]) then
-  return 0
+  return -1
 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('HSETNX', KEYS[2], 'created_at', ARGV[2])
@@ -31,7 +32,10 @@ redis.call('HINCRBY', KEYS[2], 'turn_count', 1)
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
 redis.call('SADD', KEYS[4], ARGV[6])
 redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[7])
-return 1
+if ARGV[9] == '1' then
+  return redis.call('HINCRBY', KEYS[7], 'new_turns', 1)
+end
+return 0
 """
 
 
@@ -60,6 +64,8 @@ class SessionStore:
         self.keys = keys
         self.conversation_ttl_s = conversation_ttl_s
         self._append_script = client.register_script(_APPEND_TURN_SCRIPT)
+        # Called after each stored trainable turn with the partner's count of turns since its last training job.
+        self.on_trainable_turn: Callable[[str, int], Awaitable[None]] | None = None
 
     async def find_session(self, partner_id: str, messages: list[dict[str, str]]) -> str | None:
         """Returns the session that ``messages`` continue, or None when they start a new conversation."""
@@ -72,8 +78,8 @@ class SessionStore:
     async def append_turn(self, turn: dict[str, Any]) -> bool:
         """Stores a served turn, updates its session and remembers the conversation for the next turn.
 
-        One script call does it all atomically. Returns False when the turn was already stored, which happens when
-        a write whose reply was lost is retried.
+        One script call does it all atomically, and counts trainable turns for the training policy. Returns False
+        when the turn was already stored, which happens when a write whose reply was lost is retried.
         """
         partner_id, session_id = turn["partner_id"], turn["session_id"]
         continued = [*turn["messages"], turn["response"]]
@@ -84,6 +90,7 @@ class SessionStore:
             self.keys.partners(),
             self.keys.conversation(partner_id, conversation_digest(continued)),
             self.keys.turn_written(turn["id"]),
+            self.keys.partner_stats(partner_id),
         ]
         arguments = [
             json.dumps(turn, ensure_ascii=False),
@@ -94,8 +101,14 @@ class SessionStore:
             partner_id,
             self.conversation_ttl_s,
             WRITTEN_MARKER_TTL_S,
+            "1" if turn.get("trainable", True) else "0",
         ]
-        return bool(await self._append_script(keys=keys, args=arguments))
+        new_turns = int(await self._append_script(keys=keys, args=arguments))
+        if new_turns < 0:
+            return False
+        if new_turns > 0 and self.on_trainable_turn is not None:
+            await self.on_trainable_turn(partner_id, new_turns)
+        return True
 
     async def list_sessions(self, partner_id: str, *, limit: int, include_turns: bool = True) -> list[dict[str, Any]]:
         """Returns the partner's most recently updated sessions first."""
