@@ -116,9 +116,11 @@ def test_job_trains_and_activates_adapter(tiny_settings: Settings, redis_client:
     finished = worker.run_training_job(job["id"])
 
     folder = Path(tiny_settings.artifact_dir) / "alice"
+    active = redis_client.get(keys.active_adapter("alice"))
     assert finished["status"] == "succeeded", finished["error"]
     assert finished["adapter_version"] == 1
-    assert redis_client.get(keys.active_adapter("alice")) == "1"
+    assert set(finished["result"]["evaluation"]) == {"base", "new"}
+    assert (active == "1") is finished["result"]["activated"]
     assert (folder / "1" / "adapter_model.safetensors").is_file()
     assert [path.name for path in folder.iterdir()] == ["1"]
 

@@ -95,6 +95,7 @@ def new_job(*, job_id: str, partner_id: str, model: str, hyperparameters: dict[s
         "validation_file": None,
         "result_files": [],
         "trained_tokens": None,
+        "result": None,
         "error": None,
         "seed": hyperparameters.get("seed", 0),
         "integrations": [],

@@ -90,11 +90,13 @@ def _finish(jobs: JobStore, job_id: str, status: str, **fields: Any) -> dict[str
 def _train_and_publish(
     job: dict[str, Any], settings: Settings, jobs: JobStore, registry: AdapterRegistry, client: redis.Redis
 ) -> dict[str, Any]:
+    from trainer.evaluate import evaluate_versions, gate, split_pairs
     from trainer.train import train_lora_adapter
 
     job_id, partner_id = job["id"], job["partner_id"]
     sessions = load_partner_sessions(client, registry.keys, partner_id)
-    pairs = mine_pairs(sessions)
+    # A mention in a session's first message has no conversation before it to condition on, so it is not trained on.
+    pairs = [pair for pair in mine_pairs(sessions) if pair.prompt]
     jobs.add_event(job_id, "info", f"Mined {len(pairs)} preference pairs from {len(sessions)} sessions")
     minimum = settings.training.min_pairs
     if len(pairs) < minimum:
@@ -104,6 +106,8 @@ def _train_and_publish(
             "Chat more with this partner and start the job again."
         )
 
+    train_pairs, held_out = split_pairs(pairs)
+    jobs.add_event(job_id, "info", f"Training on {len(train_pairs)} pairs, {len(held_out)} held out for evaluation")
     base = settings.require_local_model()
     model_path = resolve_model_path(base.litellm_params.target, settings.model_cache_dir)
     partner_dir = settings.artifact_dir / partner_id
@@ -112,7 +116,7 @@ def _train_and_publish(
     try:
         result = train_lora_adapter(
             model_path=model_path,
-            pairs=pairs,
+            pairs=train_pairs,
             output_dir=staging,
             settings=settings.training,
             work_dir=staging / "trainer-state",
@@ -122,6 +126,14 @@ def _train_and_publish(
         shutil.rmtree(staging / "trainer-state", ignore_errors=True)
         if jobs.is_cancelled(job_id):
             raise TrainingCancelledError(job_id)
+        jobs.add_event(job_id, "info", f"Evaluating on {len(held_out)} held-out pairs")
+        evaluation = evaluate_versions(
+            model_path=model_path,
+            new_adapter=str(staging),
+            active_adapter=_active_adapter_path(registry, partner_id),
+            held_out=held_out,
+        )
+        activate, reason = gate(evaluation)
         version = registry.allocate_version(partner_id)
         final = adapter_folder(settings.artifact_dir, partner_id, version)
         staging.rename(final)
@@ -136,10 +148,18 @@ def _train_and_publish(
         path=str(final),
         created_at=int(time.time()),
         job_id=job_id,
-        metrics={"pairs": len(pairs), "train_loss": result.train_loss, "steps": result.steps},
+        metrics={
+            "pairs": len(train_pairs),
+            "held_out_pairs": len(held_out),
+            "train_loss": result.train_loss,
+            "steps": result.steps,
+            "held_out_accuracy": evaluation["new"]["accuracy"],
+            "held_out_margin": evaluation["new"]["mean_margin"],
+        },
     )
-    registry.register(adapter, activate=True)
-    jobs.add_event(job_id, "info", f"Adapter {adapter.name} saved and activated", {"train_loss": result.train_loss})
+    registry.register(adapter, activate=activate)
+    outcome = "saved and activated" if activate else "saved as a candidate, not activated"
+    jobs.add_event(job_id, "info", f"Adapter {adapter.name} {outcome}: {reason}", {"evaluation": evaluation})
     return _finish(
         jobs,
         job_id,
@@ -147,8 +167,23 @@ def _train_and_publish(
         fine_tuned_model=f"ft:{adapter.base_model}:{partner_id}:{version}",
         adapter_version=version,
         trained_tokens=result.trained_tokens,
+        result={
+            "evaluation": evaluation,
+            "activated": activate,
+            "gate_reason": reason,
+            "train_loss": result.train_loss,
+        },
         result_files=[str(Path(final) / "adapter_model.safetensors")],
     )
+
+
+def _active_adapter_path(registry: AdapterRegistry, partner_id: str) -> str | None:
+    """Returns the folder of the partner's active adapter, or None when the base model serves the partner."""
+    version = registry.active_version(partner_id)
+    if version is None:
+        return None
+    path = Path(registry.get(partner_id, version).path)
+    return str(path) if (path / "adapter_config.json").is_file() else None
 
 
 def on_rq_failure(job: Any, connection: Any, exc_type: Any, value: Any, traceback: Any) -> None:
