@@ -253,16 +253,8 @@ async def _stream_events(context: ChatContext, services: Services, *, include_us
                     yield sse(_chunk(context, index, {"content": item.text}, None, include_usage, item, engine))
                 else:
                     outputs.append(item)
-        except (ContextLengthError, EngineNotReadyError, EngineOverloadedError) as error:
-            logger.warning("Request %s (partner %s): stream failed, %s", context.request_id, context.partner.id, error)
-            api_error = engine_errors_to_api(error)
-            yield sse(error_body(api_error.status_code, api_error.message, param=api_error.param, code=api_error.code))
-            yield SSE_DONE
-            return
-        except Exception:
-            # The status line is already sent, so the failure can only reach the client as an error event.
-            logger.exception("Request %s (partner %s): stream failed", context.request_id, context.partner.id)
-            yield sse(error_body(500, "internal server error; see the gateway log", code="internal_error"))
+        except Exception as error:
+            yield stream_failure_event(context.request_id, context.partner.id, error)
             yield SSE_DONE
             return
         yield sse(_chunk(context, index, {}, outputs[-1].finish_reason, include_usage))
@@ -272,10 +264,23 @@ async def _stream_events(context: ChatContext, services: Services, *, include_us
     except redis.RedisError as error:
         # The text is already sent, so the client can only learn from an error event that the turn was not stored.
         logger.error("Request %s (partner %s): turn not stored: %s", context.request_id, context.partner.id, error)
-        yield sse(error_body(503, "the turn was not stored: the session store (Redis) is unavailable"))
+        yield sse(error_body(503, STORE_DOWN_EVENT_MESSAGE, code="store_unavailable"))
     if include_usage:
         yield sse({**_chunk(context, 0, {}, None, include_usage), "choices": [], "usage": usage(outputs)})
     yield SSE_DONE
+
+
+def stream_failure_event(request_id: str, partner_id: str, error: Exception) -> str:
+    """Returns the error event that ends a stream whose generation failed after the status line was sent."""
+    if isinstance(error, ContextLengthError | EngineNotReadyError | EngineOverloadedError):
+        logger.warning("Request %s (partner %s): stream failed, %s", request_id, partner_id, error)
+        api_error = engine_errors_to_api(error)
+        return sse(error_body(api_error.status_code, api_error.message, param=api_error.param, code=api_error.code))
+    logger.error("Request %s (partner %s): stream failed", request_id, partner_id, exc_info=error)
+    return sse(error_body(500, "internal server error; see the gateway log", code="internal_error"))
+
+
+STORE_DOWN_EVENT_MESSAGE = "the turn was not stored: the session store (Redis) is unavailable"
 
 
 def _chunk(

@@ -22,7 +22,16 @@ from adapters.engine import (
     TextDelta,
 )
 from adapters.registry import AdapterVersion
-from gateway.chat import NO_ADAPTER, SSE_DONE, check_capacity, engine_errors_to_api, sse, usage
+from gateway.chat import (
+    NO_ADAPTER,
+    SSE_DONE,
+    STORE_DOWN_EVENT_MESSAGE,
+    check_capacity,
+    engine_errors_to_api,
+    sse,
+    stream_failure_event,
+    usage,
+)
 from gateway.errors import APIError, error_body
 from gateway.logprobs import legacy_logprobs
 from gateway.partners import Partner
@@ -226,16 +235,8 @@ async def _stream_events(context: CompletionContext, services: Services, *, incl
                     yield sse(_chunk(context, choice, include_usage))
                 else:
                     outputs.append(item)
-        except (ContextLengthError, EngineNotReadyError, EngineOverloadedError) as error:
-            logger.warning("Request %s (partner %s): stream failed, %s", context.request_id, context.partner.id, error)
-            api_error = engine_errors_to_api(error)
-            yield sse(error_body(api_error.status_code, api_error.message, param=api_error.param, code=api_error.code))
-            yield SSE_DONE
-            return
-        except Exception:
-            # The status line is already sent, so the failure can only reach the client as an error event.
-            logger.exception("Request %s (partner %s): stream failed", context.request_id, context.partner.id)
-            yield sse(error_body(500, "internal server error; see the gateway log", code="internal_error"))
+        except Exception as error:
+            yield stream_failure_event(context.request_id, context.partner.id, error)
             yield SSE_DONE
             return
         final = {"index": index, "text": "", "logprobs": None, "finish_reason": outputs[-1].finish_reason}
@@ -245,7 +246,7 @@ async def _stream_events(context: CompletionContext, services: Services, *, incl
         await _record(context, outputs, services)
     except redis.RedisError as error:
         logger.error("Request %s (partner %s): turn not stored: %s", context.request_id, context.partner.id, error)
-        yield sse(error_body(503, "the turn was not stored: the session store (Redis) is unavailable"))
+        yield sse(error_body(503, STORE_DOWN_EVENT_MESSAGE, code="store_unavailable"))
     if include_usage:
         yield sse({**_chunk(context, None, include_usage), "choices": [], "usage": _usage(context, outputs)})
     yield SSE_DONE

@@ -80,6 +80,16 @@ def test_jobs_listed_newest_first(store: JobStore) -> None:
     assert [job["id"] for job in store.list()] == [second["id"], first["id"]]
 
 
+MUG_SESSION = [
+    "I need the small red ceramic mug with the chipped handle for tea.",
+    "Let me think about where everything should go today.",
+    "Please put the chipped mug on the top shelf.",
+    "Also wash the chipped mug first.",
+    "Then the mug goes back next to the kettle.",
+    "Fine, and the chipped mug stays there.",
+]
+
+
 def store_session(client: redis.Redis, keys: Keys, partner_id: str, texts: list[str]) -> None:
     messages = [{"role": "user", "content": text} for text in texts]
     turn = {"messages": messages, "response": {"role": "assistant", "content": "OK."}, "trainable": True}
@@ -100,16 +110,7 @@ def test_job_without_signal_fails_clearly(tiny_settings: Settings, redis_client:
 
 def test_job_trains_and_activates_adapter(tiny_settings: Settings, redis_client: redis.Redis, store: JobStore) -> None:
     keys = Keys(tiny_settings.key_prefix)
-    long_form = "the small red ceramic mug with the chipped handle"
-    texts = [
-        f"I need {long_form} for tea.",
-        "Let me think about where everything should go today.",
-        "Please put the chipped mug on the top shelf.",
-        "Also wash the chipped mug first.",
-        "Then the mug goes back next to the kettle.",
-        "Fine, and the chipped mug stays there.",
-    ]
-    store_session(redis_client, keys, "alice", texts)
+    store_session(redis_client, keys, "alice", MUG_SESSION)
     settings = tiny_settings.model_copy(update={"training": tiny_settings.training.model_copy(update={"epochs": 1})})
     job = make_job(store)
     worker.configure(settings)
@@ -223,16 +224,7 @@ def test_cancel_stops_running_training(
     import threading
 
     keys = Keys(tiny_settings.key_prefix)
-    long_form = "the small red ceramic mug with the chipped handle"
-    texts = [
-        f"I need {long_form} for tea.",
-        "Let me think about where everything should go today.",
-        "Please put the chipped mug on the top shelf.",
-        "Also wash the chipped mug first.",
-        "Then the mug goes back next to the kettle.",
-        "Fine, and the chipped mug stays there.",
-    ]
-    store_session(redis_client, keys, "alice", texts)
+    store_session(redis_client, keys, "alice", MUG_SESSION)
     settings = tiny_settings.model_copy(update={"training": tiny_settings.training.model_copy(update={"epochs": 200})})
     job = make_job(store)
     worker.configure(settings)
