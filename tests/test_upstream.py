@@ -390,7 +390,9 @@ def test_rate_limit_passes_retry_after(gateway: RunningGateway, fake: FakeUpstre
 
     assert raised.value.status_code == 429
     assert raised.value.response.headers["retry-after"] == "7"
+    assert raised.value.body["type"] == "rate_limit_error"
     assert raised.value.body["code"] == "rate_limit_exceeded"
+    assert raised.value.body["param"] is None
     assert len(fake.requests) == 1
 
 
@@ -463,6 +465,7 @@ def test_upstream_down_returns_502(gateway: RunningGateway, partner: str) -> Non
     assert response.status_code == 502
     assert error["code"] == "upstream_unavailable"
     assert error["type"] == "server_error"
+    assert error["param"] is None
     assert DOWN in error["message"]
 
 
