@@ -49,7 +49,7 @@ class PlanningTokenFilter:
             self.count += 1
             end = start + len(self.marker)
             before = text[start - 1] if start > 0 else self._last_sent
-            # The marker stands between two words, so one of the spaces around it goes with it. The space after
+            # The marker sits between two words, so one of the spaces around it goes with it. The space after
             # it may not have arrived yet, in which case the next piece loses its leading space.
             if before == " ":
                 if end < len(text):

@@ -1,7 +1,7 @@
 """Settings shared by the gateway, the trainer worker and the command line.
 
 Values come from a YAML file (``--config`` or ``CONVENTION_GATEWAY_CONFIG``) and are overridden by environment
-variables named ``CONVENTION_GATEWAY_<FIELD>`` (nested fields joined with ``__``); the Redis location is the
+variables named ``CONVENTION_GATEWAY_<FIELD>`` (nested fields joined with ``__``). The Redis location is the
 standard ``REDIS_URL``. The settings live in the lowest package so that every package can read them without
 importing upwards.
 """
@@ -46,7 +46,9 @@ class BackendParams(BaseModel):
     api_key: str | None = Field(
         default=None, description="'os.environ/<NAME>': the key is read from that environment variable at start-up."
     )
-    timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for the upstream's complete response.")
+    timeout: float = Field(
+        default=600.0, gt=0, description="Seconds to wait for the whole response; for a stream, for each read."
+    )
     max_retries: int = Field(default=2, ge=0, le=10, description="Retries on connection errors and 429/5xx statuses.")
 
     @field_validator("model")

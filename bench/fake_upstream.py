@@ -1,6 +1,6 @@
 """An OpenAI-compatible upstream that responds instantly, for measuring what sits in front of it.
 
-It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) to answer ``POST .../chat/completions``
+It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) to respond to ``POST .../chat/completions``
 with a fixed chat completion, so that its own cost is small next to the proxies being measured.
 Run: ``python -m bench.fake_upstream --port 9100``.
 """

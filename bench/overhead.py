@@ -1,7 +1,7 @@
 """Overhead of the gateway's upstream path: one load sent directly, through the gateway and through litellm's proxy.
 
 All three targets run on this machine in one run, in front of one instant fake upstream, so the figures are
-comparable; ratios matter more than absolute numbers on a noisy machine. Each measurement is repeated and
+comparable. On a noisy machine the ratios matter more than the absolute numbers. Each measurement is repeated and
 the median is reported.
 
     make bench-overhead        # or: .venv/bin/python -m bench.overhead --seconds 5 --repeats 3

@@ -1,6 +1,6 @@
 """A demonstration on real input: scripted sessions with one partner, training, then the adapter serving.
 
-Only the partner's turns are scripted; the model answers live. The partner first describes things at length
+Only the partner's turns are scripted, and the model replies live. The partner first describes things at length
 and later refers back to them in shorter forms, which is the convention signal the trainer mines.
 """
 

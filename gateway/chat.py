@@ -44,6 +44,11 @@ SSE_DONE = "data: [DONE]\n\n"
 DISCONNECT_POLL_S = 0.5
 
 
+def adapter_header(adapter: AdapterVersion | None) -> str:
+    """Returns the X-Adapter value: ``<partner_id>/<version>``, or ``none`` when the base model serves."""
+    return adapter.name if adapter is not None else NO_ADAPTER
+
+
 @dataclass
 class ChatContext:
     """Everything decided about a request before generation starts."""
@@ -62,7 +67,7 @@ class ChatContext:
 
     @property
     def adapter_header(self) -> str:
-        return self.adapter.name if self.adapter is not None else NO_ADAPTER
+        return adapter_header(self.adapter)
 
     def headers(self) -> dict[str, str]:
         return {"X-Adapter": self.adapter_header, "X-Session-ID": self.session_id, "X-Request-ID": self.request_id}

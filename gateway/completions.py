@@ -23,9 +23,9 @@ from adapters.engine import (
 )
 from adapters.registry import AdapterVersion
 from gateway.chat import (
-    NO_ADAPTER,
     SSE_DONE,
     STORE_DOWN_EVENT_MESSAGE,
+    adapter_header,
     check_capacity,
     engine_errors_to_api,
     sse,
@@ -62,7 +62,7 @@ class CompletionContext:
 
     @property
     def adapter_header(self) -> str:
-        return self.adapter.name if self.adapter is not None else NO_ADAPTER
+        return adapter_header(self.adapter)
 
     def jobs(self) -> list[tuple[int, int, SamplingParams]]:
         """Returns (choice index, prompt index, sampling params) for every choice, in OpenAI's order."""

@@ -72,15 +72,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """The body of ``POST /v1/chat/completions``."""
+class GenerationRequest(BaseModel):
+    """Fields that chat and legacy completions share, with OpenAI's defaults and limits."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     stop: str | list[str] | None = None
@@ -89,13 +86,9 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    safety_identifier: str | None = None
-    response_format: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -104,6 +97,18 @@ class ChatCompletionRequest(BaseModel):
 
     def stop_sequences(self) -> tuple[str, ...]:
         return stop_tuple(self.stop)
+
+
+class ChatCompletionRequest(GenerationRequest):
+    """The body of ``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    safety_identifier: str | None = None
+    response_format: dict[str, Any] | None = None
 
     def plain_messages(self) -> list[dict[str, str]]:
         """Returns the messages as role/content pairs; ``developer`` messages become ``system`` messages."""
@@ -113,40 +118,12 @@ class ChatCompletionRequest(BaseModel):
         ]
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(GenerationRequest):
     """The body of the legacy ``POST /v1/completions``."""
 
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1)
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(default=16, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=MIN_SEED, le=MAX_SEED)
-    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     best_of: int | None = Field(default=None, ge=1)
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
     suffix: str | None = None
-    stream: StrictBool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        return check_stop(stop)
-
-    def stop_sequences(self) -> tuple[str, ...]:
-        return stop_tuple(self.stop)
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int

@@ -476,7 +476,9 @@ def test_slow_upstream_returns_504(gateway: RunningGateway, fake: FakeUpstream, 
     elapsed = time.monotonic() - started
 
     assert response.status_code == 504
+    assert response.json()["error"]["type"] == "server_error"
     assert response.json()["error"]["code"] == "upstream_timeout"
+    assert response.json()["error"]["param"] is None
     assert elapsed < 2.5
 
 

@@ -1,7 +1,7 @@
 """Held-out evaluation of an adapter on preference pairs, and the gate that decides whether it becomes active.
 
 Preference accuracy is the share of held-out pairs whose chosen completion gets a higher log-likelihood than
-the rejected one; the margin is the mean of that log-likelihood difference. Both are measured for the base
+the rejected one. The margin is the mean of that log-likelihood difference. Both are measured for the base
 model, the currently active adapter (if any) and the new adapter, on the same pairs.
 """
 
@@ -26,7 +26,7 @@ HELD_OUT_SHARE = 0.2
 
 @dataclass(frozen=True)
 class PreferenceScores:
-    """How well one model prefers the chosen completions of held-out pairs."""
+    """Preference accuracy and mean margin of one model on held-out pairs."""
 
     accuracy: float
     mean_margin: float

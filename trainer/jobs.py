@@ -156,7 +156,9 @@ class JobStore:
         return jobs
 
     def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
-        """Apply ``fields`` to a stored job with optimistic locking, so concurrent writers never lose a field."""
+        """Applies ``fields`` to a stored job under WATCH, retrying on conflict.
+
+        Concurrent writers therefore do not lose each other's fields."""
         key = self.keys.job(job_id)
         with self.client.pipeline(transaction=True) as pipe:
             while True:
@@ -194,7 +196,7 @@ class JobStore:
         try:
             Job.fetch(job_id, connection=queue_client).cancel()
         except (NoSuchJobError, InvalidJobOperation):
-            # A running job is not cancellable in RQ's terms; the worker sees the status and stops.
+            # RQ cannot cancel a running job, so the worker reads the cancelled status and stops.
             pass
         return job
 
