@@ -67,6 +67,10 @@ class Keys:
         """STRING with a training job object as JSON."""
         return f"{self.prefix}:job:{job_id}"
 
+    def job_queue_lock(self, job_id: str) -> str:
+        """STRING lock held while one process moves a training job onto the RQ queue, so it is enqueued once."""
+        return f"{self.prefix}:job:{job_id}:queue-lock"
+
     def job_events(self, job_id: str) -> str:
         """LIST of a training job's events as JSON, oldest first."""
         return f"{self.prefix}:job:{job_id}:events"

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, Query
 
 from gateway.errors import APIError
 from gateway.services import Services, get_services
-from trainer.jobs import JobFinishedError, reconcile_with_queue
+from trainer.jobs import JobFinishedError
+from trainer.queueing import reconcile_with_queue
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -27,7 +28,16 @@ async def _job_or_404(job_id: str, services: Services) -> dict[str, Any]:
     job = await asyncio.to_thread(services.jobs.get, job_id)
     if job is None:
         raise APIError(404, f"training job {job_id!r} not found", param="job_id", code="job_not_found")
-    return await asyncio.to_thread(reconcile_with_queue, services.jobs, services.queue_redis, job)
+    settings = services.settings
+    return await asyncio.to_thread(
+        reconcile_with_queue,
+        services.jobs,
+        services.queue_redis,
+        job,
+        queue_name=settings.queue_name,
+        timeout_s=settings.job_timeout_s,
+        max_attempts=settings.training_policy.max_attempts,
+    )
 
 
 @router.get("")
@@ -59,14 +69,15 @@ async def list_job_events(
 
 @router.post("/{job_id}/cancel")
 async def cancel_job(job_id: str, services: ServicesDep) -> dict[str, Any]:
-    """Cancels a queued or running job; a running job stops after its current training step."""
+    """Cancels an open job (validating_files, queued or running); a running job stops after its current step."""
     job = await _job_or_404(job_id, services)
     try:
         cancelled = await asyncio.to_thread(services.jobs.cancel, services.queue_redis, job["id"])
     except JobFinishedError as error:
         raise APIError(
             400,
-            f"training job {job_id} already {error.status}; only queued or running jobs can be cancelled",
+            f"training job {job_id} already {error.status}; only validating_files, queued or running jobs "
+            "can be cancelled",
             param="job_id",
             code="job_not_cancellable",
         ) from error

@@ -62,7 +62,12 @@ async def list_adapters(partner_id: str, services: ServicesDep) -> dict[str, Any
 
 @router.post("/{partner_id}/adapters", status_code=200)
 async def start_training(partner_id: str, services: ServicesDep) -> dict[str, Any]:
-    """Enqueues a training job that builds the partner's next adapter version from its sessions."""
+    """Starts a training job that builds the partner's next adapter version from its sessions.
+
+    Returns 200 with the job object: ``queued`` once its data passed validation, or ``failed`` with error code
+    ``invalid_training_data`` (nothing enqueued) when no stored session of the partner contains turns. Returns
+    400 for the anonymous partner, without a local model or without sessions, and 409 while another job is open.
+    """
     _check_partner_id(partner_id)
     if partner_id == services.settings.anonymous_partner_id:
         raise APIError(400, "turns of anonymous requests are never used for training", param="partner_id")

@@ -34,6 +34,14 @@ def redis_client() -> Iterator[redis.Redis]:
 
 
 @pytest.fixture()
+def queue_client() -> Iterator[redis.Redis]:
+    """A Redis client that returns bytes, as RQ needs for its pickled job data."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
 def key_prefix(redis_client: redis.Redis) -> Iterator[str]:
     """A fresh key prefix per test; every key under it (and the test's RQ queue) is deleted afterwards."""
     prefix = f"cgtest-{secrets.token_hex(6)}"

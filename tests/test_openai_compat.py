@@ -11,9 +11,11 @@ import redis
 from openai import AsyncOpenAI, OpenAI
 from transformers import AutoTokenizer
 
+from adapters.keys import Keys
 from adapters.settings import Settings
 from tests.conftest import TINY_MODEL_NAME, RunningGateway
 from tests.test_routing import register_adapter
+from trainer.jobs import JobStore, new_job, new_job_id
 
 USER = [{"role": "user", "content": "Name three fruits"}]
 
@@ -253,3 +255,83 @@ def test_missing_adapter_files_fall_back(
 
     assert raw.http_response.status_code == 200
     assert raw.headers["x-adapter"] == "none"
+
+
+def stored_job(tiny_settings: Settings, redis_client: redis.Redis, partner_id: str) -> tuple[JobStore, dict]:
+    """Stores a job in validating_files, as the gateway does before it checks the job's data."""
+    store = JobStore(redis_client, Keys(tiny_settings.key_prefix))
+    job = new_job(job_id=new_job_id(), partner_id=partner_id, model=TINY_MODEL_NAME, hyperparameters={})
+    return store, store.create(job)
+
+
+def test_openai_client_reads_queued_job(gateway: RunningGateway) -> None:
+    create(gateway, extra_headers={"X-Partner-ID": "sia"})
+    job = httpx.post(f"{gateway.base_url}/v1/partners/sia/adapters").json()
+    client = client_for(gateway)
+    retrieved = client.fine_tuning.jobs.retrieve(job["id"])
+    listed = client.fine_tuning.jobs.list(limit=100).data
+    events = client.fine_tuning.jobs.list_events(job["id"]).data
+
+    assert retrieved.status == "queued"
+    assert retrieved.attempts == 0
+    assert retrieved.error is None
+    assert [item.id for item in listed] == [job["id"]]
+    assert [event.message for event in events] == [
+        "Job status: queued",
+        "Validated training data: 1 session with 1 turn",
+        "Training job created for partner sia",
+    ]
+    assert events[1].data == {"sessions": 1, "turns": 1}
+
+
+def test_openai_client_reads_failed_validation(
+    gateway: RunningGateway, tiny_settings: Settings, redis_client: redis.Redis
+) -> None:
+    redis_client.zadd(Keys(tiny_settings.key_prefix).sessions("tom"), {"sess-empty": 1})
+    response = httpx.post(f"{gateway.base_url}/v1/partners/tom/adapters")
+    retrieved = client_for(gateway).fine_tuning.jobs.retrieve(response.json()["id"])
+
+    assert response.status_code == 200
+    assert retrieved.status == "failed"
+    assert retrieved.error.code == "invalid_training_data"
+    assert retrieved.error.param is None
+    assert "X-Partner-ID: tom" in retrieved.error.message
+    assert retrieved.finished_at is not None
+
+
+def test_openai_client_cancels_validating_job(
+    gateway: RunningGateway, tiny_settings: Settings, redis_client: redis.Redis
+) -> None:
+    _, job = stored_job(tiny_settings, redis_client, "uli")
+    client = client_for(gateway)
+    before = client.fine_tuning.jobs.retrieve(job["id"])
+    cancelled = client.fine_tuning.jobs.cancel(job["id"])
+    events = client.fine_tuning.jobs.list_events(job["id"]).data
+
+    assert before.status == "validating_files"
+    assert cancelled.status == "cancelled"
+    assert events[0].message == "Job status: cancelled"
+    assert redis_client.get(Keys(tiny_settings.key_prefix).partner_open_job("uli")) is None
+
+
+def test_openai_client_reads_requeued_job(
+    gateway: RunningGateway, tiny_settings: Settings, redis_client: redis.Redis, queue_client: redis.Redis
+) -> None:
+    from rq.job import Job, JobStatus
+
+    from trainer.queueing import queue_validated_job
+
+    store, job = stored_job(tiny_settings, redis_client, "vera")
+    queue_validated_job(store, queue_client, job["id"], queue_name=tiny_settings.queue_name, timeout_s=60)
+    Job.fetch(job["id"], connection=queue_client).set_status(JobStatus.FAILED)
+    client = client_for(gateway)
+    retrieved = client.fine_tuning.jobs.retrieve(job["id"])
+    events = client.fine_tuning.jobs.list_events(job["id"], limit=1).data
+
+    assert retrieved.status == "queued"
+    assert retrieved.attempts == 1
+    assert events[0].level == "warn"
+    assert (
+        events[0].message
+        == "Requeued: the worker stopped while running the job, and RQ marked it failed (attempt 1 of 3)"
+    )

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
+import redis
+from rq import Queue
+from rq.job import Job
 
+from adapters.keys import Keys
 from adapters.settings import Settings, TrainingPolicy
 from tests.conftest import TINY_MODEL_NAME, RunningGateway
+from trainer.jobs import JobStore
+from trainer.scheduling import start_training_job
 
 
 @pytest.fixture()
@@ -43,6 +51,7 @@ def test_job_starts_after_enough_turns(policy_gateway: RunningGateway) -> None:
 
     assert before == []
     assert [job["metadata"]["reason"] for job in after] == ["automatic: 3 new turns"]
+    assert [job["status"] for job in after] == ["queued"]
     assert partner(policy_gateway, "sam")["new_turns"] == 0
 
 
@@ -91,3 +100,51 @@ def test_unknown_partner_field_rejected(policy_gateway: RunningGateway) -> None:
 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "colour"
+
+
+def start_job(settings: Settings, client: redis.Redis, queue_client: redis.Redis) -> dict:
+    jobs = JobStore(client, Keys(settings.key_prefix))
+    return start_training_job(
+        settings=settings, jobs=jobs, queue_client=queue_client, partner_id="alice", reason="requested"
+    )
+
+
+def test_valid_data_moves_job_to_queued(
+    tiny_settings: Settings, redis_client: redis.Redis, queue_client: redis.Redis
+) -> None:
+    keys = Keys(tiny_settings.key_prefix)
+    turn = {"messages": [{"role": "user", "content": "hi"}], "response": {"role": "assistant", "content": "OK."}}
+    redis_client.zadd(keys.sessions("alice"), {"sess-1": 1})
+    redis_client.rpush(keys.session_turns("alice", "sess-1"), json.dumps(turn), json.dumps(turn))
+    job = start_job(tiny_settings, redis_client, queue_client)
+    events = list(reversed(JobStore(redis_client, keys).events(job["id"])))
+
+    assert job["status"] == "queued"
+    assert [event["message"] for event in events] == [
+        "Training job created for partner alice",
+        "Validated training data: 1 session with 2 turns",
+        "Job status: queued",
+    ]
+    assert events[1]["data"] == {"sessions": 1, "turns": 2}
+    assert Queue(tiny_settings.queue_name, connection=queue_client).job_ids == [job["id"]]
+    assert redis_client.hget(keys.partner_stats("alice"), "new_turns") == "0"
+
+
+def test_invalid_data_fails_without_enqueue(
+    tiny_settings: Settings, redis_client: redis.Redis, queue_client: redis.Redis
+) -> None:
+    keys = Keys(tiny_settings.key_prefix)
+    redis_client.zadd(keys.sessions("alice"), {"sess-1": 1})
+    redis_client.hset(keys.session("alice", "sess-1"), mapping={"created_at": 1, "turn_count": 0})
+    sessions_before = redis_client.zrange(keys.sessions("alice"), 0, -1, withscores=True)
+    job = start_job(tiny_settings, redis_client, queue_client)
+
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid_training_data"
+    assert job["error"]["param"] is None
+    assert "send chat completions with X-Partner-ID: alice" in job["error"]["message"]
+    assert Job.exists(job["id"], connection=queue_client) is False
+    assert Queue(tiny_settings.queue_name, connection=queue_client).job_ids == []
+    assert redis_client.zrange(keys.sessions("alice"), 0, -1, withscores=True) == sessions_before
+    assert redis_client.hgetall(keys.session("alice", "sess-1")) == {"created_at": "1", "turn_count": "0"}
+    assert redis_client.get(keys.partner_open_job("alice")) is None

@@ -9,10 +9,8 @@ import time
 from typing import Any
 
 import redis
-from rq import Queue, Worker
-from rq.callbacks import Callback
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import Job
 
 from adapters.keys import Keys
 
@@ -20,11 +18,6 @@ logger = logging.getLogger(__name__)
 
 OPEN_STATUSES = ("validating_files", "queued", "running")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
-WORKER_FUNCTION = "trainer.worker.run_training_job"
-# An open job with no RQ job this long after creation was never enqueued (enqueueing failed half-way).
-MISSING_FROM_QUEUE_GRACE_S = 60
-_ENDED_IN_QUEUE = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
-FAILURE_CALLBACK = "trainer.worker.on_rq_failure"
 
 # Claims the partner's single open-job slot and stores the new job, unless a job of that partner is still
 # open. Returns the id of the open job that blocks, or nil when the new job was stored.
@@ -48,7 +41,7 @@ return false
 
 
 class JobConflictError(RuntimeError):
-    """The partner already has a queued or running training job."""
+    """The partner already has an open training job (validating_files, queued or running)."""
 
     def __init__(self, partner_id: str, open_job_id: str) -> None:
         super().__init__(
@@ -88,7 +81,7 @@ def new_job(*, job_id: str, partner_id: str, model: str, hyperparameters: dict[s
         "model": model,
         "fine_tuned_model": None,
         "organization_id": "convention-gateway",
-        "status": "queued",
+        "status": "validating_files",
         "hyperparameters": hyperparameters,
         "method": {"type": "dpo", "dpo": {"hyperparameters": hyperparameters}},
         "training_file": f"sessions:{partner_id}",
@@ -103,6 +96,8 @@ def new_job(*, job_id: str, partner_id: str, model: str, hyperparameters: dict[s
         "user_provided_suffix": partner_id,
         "partner_id": partner_id,
         "adapter_version": None,
+        # Times the job was requeued because the worker running it was lost.
+        "attempts": 0,
     }
 
 
@@ -155,6 +150,16 @@ class JobStore:
                 break
         return jobs
 
+    def open_jobs(self) -> list[dict[str, Any]]:
+        """Returns every open job, found through the partners' open-job slots."""
+        partner_ids = sorted(_text(item) for item in self.client.smembers(self.keys.partners()))
+        if not partner_ids:
+            return []
+
+        slots = self.client.mget([self.keys.partner_open_job(partner_id) for partner_id in partner_ids])
+        jobs = [self.get(_text(job_id)) for job_id in slots if job_id is not None]
+        return [job for job in jobs if job is not None and job["status"] in OPEN_STATUSES]
+
     def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
         """Applies ``fields`` to a stored job under WATCH, retrying on conflict.
 
@@ -196,7 +201,8 @@ class JobStore:
         try:
             Job.fetch(job_id, connection=queue_client).cancel()
         except (NoSuchJobError, InvalidJobOperation):
-            # RQ cannot cancel a running job, so the worker reads the cancelled status and stops.
+            # A job still in validating_files is not on the queue yet, and RQ cannot cancel a running job. The
+            # creator then skips enqueueing, and the worker reads the cancelled status and stops.
             pass
         return job
 
@@ -237,51 +243,5 @@ class JobStore:
         pipe.delete(self.keys.partner_open_job(job["partner_id"]))
 
 
-def enqueue_training(queue_client: redis.Redis, *, queue_name: str, job_id: str, timeout_s: int) -> None:
-    """Put a stored training job on the RQ queue that ``convention-gateway worker`` consumes."""
-    queue = Queue(queue_name, connection=queue_client)
-    queue.enqueue(
-        WORKER_FUNCTION,
-        job_id,
-        job_id=job_id,
-        job_timeout=timeout_s,
-        result_ttl=7 * 24 * 3600,
-        failure_ttl=7 * 24 * 3600,
-        on_failure=Callback(FAILURE_CALLBACK),
-    )
-    logger.info("Job %s: enqueued on %s", job_id, queue_name)
-
-
-def reconcile_with_queue(store: JobStore, queue_client: redis.Redis, job: dict[str, Any]) -> dict[str, Any]:
-    """Marks an open job failed when RQ reports that its work ended without the job recording it.
-
-    This happens when the worker's work horse is killed (out of memory, SIGKILL): RQ then fails the job
-    without running its failure callback.
-    """
-    if job["status"] not in OPEN_STATUSES:
-        return job
-
-    try:
-        queued = Job.fetch(job["id"], connection=queue_client)
-        queue_status: JobStatus | None = queued.get_status()
-    except NoSuchJobError:
-        queued, queue_status = None, None
-
-    if queue_status in _ENDED_IN_QUEUE:
-        message = f"the worker stopped while running this job (queue status {queue_status.value})"
-    elif queue_status == JobStatus.STARTED and queued is not None and not _worker_alive(queue_client, queued):
-        message = f"the worker running this job ({queued.worker_name}) stopped; start a new job"
-    elif queue_status is None and time.time() - job["created_at"] > MISSING_FROM_QUEUE_GRACE_S:
-        message = "the job is not in the training queue; start a new one"
-    else:
-        return job
-
-    logger.warning("Job %s: %s (partner %s)", job["id"], message, job["partner_id"])
-    return store.set_status(job["id"], "failed", error={"code": "worker_lost", "message": message, "param": None})
-
-
-def _worker_alive(queue_client: redis.Redis, queued: Job) -> bool:
-    """Returns whether the worker that started ``queued`` still heartbeats (its key expires when it dies)."""
-    if not queued.worker_name:
-        return True
-    return bool(queue_client.exists(Worker.redis_worker_namespace_prefix + queued.worker_name))
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode()
