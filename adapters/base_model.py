@@ -106,12 +106,43 @@ def _convert(source: GGUFSource, target: Path) -> None:
 
 
 def load_model_and_tokenizer(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer in inference mode, with a pad token set."""
+    """Load a causal LM and its tokenizer in inference mode, with a pad token and the planning token added."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path)
+    add_planning_token(model, tokenizer)
     model.eval()
     return model, tokenizer
+
+
+def add_planning_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Adds the planning token to the vocabulary and returns its id.
+
+    Its embedding row starts as the mean of the existing rows, so that every process that loads the same base
+    model gets the same row: adapters store only their trained change to it. With tied embeddings, the output
+    row is the same one, which gives the untrained token an average logit, far below the likely next tokens.
+    """
+    import torch
+
+    from adapters.planning import PLANNING_TOKEN
+
+    if PLANNING_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [PLANNING_TOKEN]}, replace_extra_special_tokens=False
+        )
+    token_id = int(tokenizer.convert_tokens_to_ids(PLANNING_TOKEN))
+    embeddings = model.get_input_embeddings()
+    if token_id < embeddings.weight.shape[0]:
+        return token_id
+
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        weight[token_id:] = weight[:token_id].mean(dim=0)
+        output = model.get_output_embeddings()
+        if output is not None and output.weight.data_ptr() != weight.data_ptr():
+            output.weight[token_id:] = output.weight[:token_id].mean(dim=0)
+    return token_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.decoding import SamplingParams, TokenLogprob, decode
-from adapters.planning import PlanningTokenFilter
+from adapters.planning import PLANNING_TOKEN, PlanningTokenFilter
 from adapters.registry import AdapterVersion
 
 __all__ = [
@@ -152,6 +153,7 @@ class LocalEngine:
         torch.set_grad_enabled(False)
         self.model, self.tokenizer = load_model_and_tokenizer(path)
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.planning_token_id = int(self.tokenizer.convert_tokens_to_ids(PLANNING_TOKEN))
         self.ready = True
         logger.info("Engine: model %s loaded from %s", self.model_name, path)
 
@@ -255,7 +257,7 @@ class LocalEngine:
         cancel: threading.Event,
     ) -> GenerationOutput:
         self.check_context(len(prompt_ids), params.max_tokens)
-        collector = _DeltaCollector(self.tokenizer, _StopTrimmer(params.stop), on_delta, cancel)
+        collector = _DeltaCollector(self.tokenizer, _StopTrimmer(params.stop), on_delta, cancel, self.planning_token_id)
         with self._adapter_selected(adapter):
             generated, ended = decode(
                 self.model, prompt_ids, params, eos_token_ids=self._eos_token_ids(), on_token=collector.on_token
@@ -334,8 +336,11 @@ class _DeltaCollector:
         trimmer: _StopTrimmer,
         on_delta: Callable[[TextDelta], None] | None,
         cancel: threading.Event,
+        planning_token_id: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.planning_token_id = planning_token_id
+        self.planning_token_ids = 0
         self.trimmer = trimmer
         self.on_delta = on_delta
         self.cancel = cancel
@@ -349,8 +354,15 @@ class _DeltaCollector:
         if self.cancel.is_set():
             return False
 
+        if token == self.planning_token_id:
+            # The planning token is counted and dropped: it reaches neither the text nor the logprobs.
+            self.planning_token_ids += 1
+            return True
         self.token_ids.append(token)
         if logprob is not None:
+            if any(alternative == self.planning_token_id for alternative, _ in logprob.top):
+                top = tuple(entry for entry in logprob.top if entry[0] != self.planning_token_id)
+                logprob = dataclasses.replace(logprob, top=top)
             self.pending_logprobs.append(logprob)
             self.all_logprobs.append(logprob)
         text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
@@ -364,7 +376,7 @@ class _DeltaCollector:
         """Sends the text the stop trimmer kept back, once generation has ended."""
         planning = PlanningTokenFilter()
         text = planning.strip(self.tokenizer.decode(self.token_ids, skip_special_tokens=True))
-        self.planning_tokens = planning.count
+        self.planning_tokens = self.planning_token_ids + planning.count
         self._send(self.trimmer.feed(text) + self.trimmer.finish(), final=True)
 
     def _send(self, text: str, *, final: bool = False) -> None:

@@ -11,6 +11,17 @@ from dataclasses import dataclass
 PLANNING_TOKEN = "[remention]"
 
 
+def insert_marker(text: str, start: int, marker: str = PLANNING_TOKEN) -> str:
+    """Returns ``text`` with ``marker`` right before the mention that begins at ``start``.
+
+    The marker is attached to the end of the previous word ("pass me[remention] the mug"), so that the mention
+    keeps its usual leading-space tokens and removing the marker restores the text exactly.
+    """
+    before = text[:start]
+    stripped = before.rstrip(" ")
+    return stripped + marker + before[len(stripped) :] + text[start:]
+
+
 @dataclass
 class PlanningTokenFilter:
     """Strips ``marker`` from a stream of text pieces; call ``feed`` per piece and ``finish`` at the end."""

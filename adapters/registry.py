@@ -20,6 +20,11 @@ from adapters.keys import Keys
 
 logger = logging.getLogger(__name__)
 
+# The registry owner of the convention adapter, the post-trained base that serves partners without an adapter of
+# their own and that partners' adapters continue from. Partner ids start with a letter or digit, so it is never
+# a partner's; its versions are named "_convention/<version>".
+CONVENTION_OWNER = "_convention"
+
 
 @dataclass(frozen=True)
 class AdapterVersion:
@@ -55,6 +60,11 @@ class AdapterNotFoundError(LookupError):
         self.version = version
 
 
+def adapter_files_present(adapter: AdapterVersion) -> bool:
+    """Returns whether the version's adapter files exist on this machine."""
+    return (Path(adapter.path) / "adapter_config.json").is_file()
+
+
 def adapter_folder(artifact_dir: Path, partner_id: str, version: int) -> Path:
     """Returns the final folder of an adapter version's files."""
     return artifact_dir / partner_id / str(version)
@@ -73,7 +83,8 @@ class AdapterRegistry:
     def register(self, adapter: AdapterVersion, *, activate: bool) -> None:
         """Stores the version's metadata and, when ``activate`` is true, makes it the partner's active one."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.sadd(self.keys.partners(), adapter.partner_id)
+        if adapter.partner_id != CONVENTION_OWNER:
+            pipe.sadd(self.keys.partners(), adapter.partner_id)
         pipe.hset(self.keys.adapters(adapter.partner_id), str(adapter.version), adapter.to_json())
         if activate:
             pipe.set(self.keys.active_adapter(adapter.partner_id), adapter.version)
@@ -98,6 +109,14 @@ class AdapterRegistry:
     def active_version(self, partner_id: str) -> int | None:
         raw = self.client.get(self.keys.active_adapter(partner_id))
         return int(raw) if raw is not None else None
+
+    def active(self, partner_id: str) -> AdapterVersion | None:
+        """Returns the active version's metadata, or None when there is none or its files are missing."""
+        version = self.active_version(partner_id)
+        if version is None:
+            return None
+        adapter = self.get(partner_id, version)
+        return adapter if adapter_files_present(adapter) else None
 
     def list(self, partner_id: str) -> list[AdapterVersion]:
         values = self.client.hvals(self.keys.adapters(partner_id))

@@ -110,13 +110,30 @@ def _default_model_list() -> list[ModelEntry]:
 
 
 class TrainingSettings(BaseModel):
-    """Hyperparameters of a partner's training job, sized for the default model on a CPU."""
+    """Hyperparameters of both training stages, sized for the default model on a CPU.
+
+    docs/training.md lists them with the values for 8B models on a GPU.
+    """
 
     min_pairs: int = Field(default=4, ge=1, description="Fewer mined preference pairs than this fails the job.")
-    epochs: int = Field(default=2, ge=1)
+    sft_epochs: int = Field(default=2, ge=0, description="Epochs of stage 1 (planning token SFT); 0 skips it.")
+    sft_learning_rate: float = Field(default=1e-3, gt=0, description="Learning rate of stage 1's LoRA weights.")
+    token_learning_rate: float = Field(
+        default=1e-2, gt=0, description="Learning rate of the planning token's embedding row in stage 1."
+    )
+    divergence_weight: float = Field(
+        default=1.0, ge=0, description="Weight of the divergence from the starting model in stage 1's loss."
+    )
+    jsd_beta: float = Field(
+        default=0.5, ge=0, le=1, description="Interpolation of the generalised Jensen-Shannon divergence."
+    )
+    epochs: int = Field(default=2, ge=1, description="Epochs of stage 2 (APO-zero preference optimisation).")
     batch_size: int = Field(default=2, ge=1)
-    learning_rate: float = Field(default=5e-4, gt=0)
+    learning_rate: float = Field(default=5e-4, gt=0, description="Learning rate of stage 2.")
     beta: float = Field(default=0.1, gt=0, description="Strength of the APO-zero preference loss.")
+    checkpoint_steps: int = Field(
+        default=20, ge=1, description="Steps between checkpoints; a restarted job resumes from the last one."
+    )
     lora_rank: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
@@ -136,6 +153,12 @@ class TrainingPolicy(BaseModel):
     auto_training: bool = Field(default=True, description="Start jobs automatically; partners can opt out.")
     min_new_turns: int = Field(default=50, ge=1, description="Trainable turns since the partner's last job.")
     cooldown_s: int = Field(default=3600, ge=0, description="Minimum seconds between two jobs of one partner.")
+    max_attempts: int = Field(
+        default=3,
+        ge=0,
+        description="Times a job whose worker was lost is requeued before it fails with worker_lost "
+        "(env CONVENTION_GATEWAY_TRAINING_POLICY__MAX_ATTEMPTS).",
+    )
 
 
 class Settings(BaseSettings):

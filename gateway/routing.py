@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
-from adapters.registry import AdapterVersion, fetch_active_adapter, fetch_adapter, parse_adapter_model_id
+from adapters.registry import (
+    CONVENTION_OWNER,
+    AdapterVersion,
+    adapter_files_present,
+    fetch_active_adapter,
+    fetch_adapter,
+    parse_adapter_model_id,
+)
 from adapters.settings import ModelEntry
 from gateway.errors import APIError
 from gateway.partners import Partner
@@ -62,22 +68,18 @@ async def resolve_route(model: str, partner: Partner, services: Services) -> Rou
 
 
 async def _active_adapter(entry: ModelEntry, partner: Partner, services: Services) -> AdapterVersion | None:
-    if not entry.litellm_params.is_local or partner.anonymous:
+    """Returns the partner's active adapter, else the active convention adapter, else None (the bare base model)."""
+    if not entry.litellm_params.is_local:
         return None
-    adapter = await fetch_active_adapter(services.redis, services.keys, partner.id)
-    if adapter is None or adapter.base_model != entry.model_name:
-        return None
-    if not adapter_files_present(adapter):
-        # The base model serves instead, so the partner still gets a reply, and X-Adapter truthfully reads "none".
+    owners = [CONVENTION_OWNER] if partner.anonymous else [partner.id, CONVENTION_OWNER]
+    for owner in owners:
+        adapter = await fetch_active_adapter(services.redis, services.keys, owner)
+        if adapter is None or adapter.base_model != entry.model_name:
+            continue
+        if adapter_files_present(adapter):
+            return adapter
+        # The next candidate serves instead, so the partner still gets a reply, and X-Adapter names what served.
         logger.error(
-            "Partner %s: active adapter %s has no files at %s; serving the base model",
-            partner.id,
-            adapter.name,
-            adapter.path,
+            "Partner %s: active adapter %s has no files at %s; falling back", partner.id, adapter.name, adapter.path
         )
-        return None
-    return adapter
-
-
-def adapter_files_present(adapter: AdapterVersion) -> bool:
-    return (Path(adapter.path) / "adapter_config.json").is_file()
+    return None

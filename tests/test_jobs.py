@@ -25,11 +25,12 @@ def store(redis_client: redis.Redis, key_prefix: str) -> JobStore:
     return JobStore(redis_client, Keys(key_prefix))
 
 
-def test_new_job_starts_queued(store: JobStore) -> None:
+def test_new_job_starts_validating_files(store: JobStore) -> None:
     job = make_job(store)
 
-    assert store.get(job["id"])["status"] == "queued"
+    assert store.get(job["id"])["status"] == "validating_files"
     assert store.get(job["id"])["object"] == "fine_tuning.job"
+    assert store.get(job["id"])["attempts"] == 0
 
 
 def test_second_open_job_conflicts(store: JobStore) -> None:
@@ -45,7 +46,7 @@ def test_finished_job_frees_partner_slot(store: JobStore) -> None:
     store.set_status(first["id"], "failed", error={"code": "x", "message": "y", "param": None})
     second = make_job(store)
 
-    assert store.get(second["id"])["status"] == "queued"
+    assert store.get(second["id"])["status"] == "validating_files"
 
 
 def test_other_partners_jobs_independent(store: JobStore) -> None:
@@ -126,67 +127,10 @@ def test_job_trains_and_activates_adapter(tiny_settings: Settings, redis_client:
     assert [path.name for path in folder.iterdir()] == ["1"]
 
 
-@pytest.fixture()
-def queue_client() -> redis.Redis:
-    from tests.conftest import REDIS_URL
-
-    return redis.Redis.from_url(REDIS_URL)
-
-
-def test_killed_worker_job_marked_failed(store: JobStore, queue_client: redis.Redis, key_prefix: str) -> None:
-    from rq.job import Job, JobStatus
-
-    from trainer.jobs import enqueue_training, reconcile_with_queue
-
-    job = make_job(store)
-    enqueue_training(queue_client, queue_name=f"training-{key_prefix}", job_id=job["id"], timeout_s=60)
-    Job.fetch(job["id"], connection=queue_client).set_status(JobStatus.FAILED)
-    reconciled = reconcile_with_queue(store, queue_client, store.get(job["id"]))
-
-    assert reconciled["status"] == "failed"
-    assert reconciled["error"]["code"] == "worker_lost"
-
-
-def test_queued_job_left_open(store: JobStore, queue_client: redis.Redis, key_prefix: str) -> None:
-    from trainer.jobs import enqueue_training, reconcile_with_queue
-
-    job = make_job(store)
-    enqueue_training(queue_client, queue_name=f"training-{key_prefix}", job_id=job["id"], timeout_s=60)
-
-    assert reconcile_with_queue(store, queue_client, store.get(job["id"]))["status"] == "queued"
-
-
-def test_job_never_enqueued_marked_failed(store: JobStore, queue_client: redis.Redis) -> None:
-    from trainer.jobs import reconcile_with_queue
-
-    job = new_job(job_id=new_job_id(), partner_id="alice", model="m", hyperparameters={})
-    job["created_at"] -= 3600
-    store.create(job)
-
-    assert reconcile_with_queue(store, queue_client, store.get(job["id"]))["status"] == "failed"
-
-
-def test_job_of_dead_worker_marked_failed(store: JobStore, queue_client: redis.Redis, key_prefix: str) -> None:
-    from rq.job import Job, JobStatus
-
-    from trainer.jobs import enqueue_training, reconcile_with_queue
-
-    job = make_job(store)
-    enqueue_training(queue_client, queue_name=f"training-{key_prefix}", job_id=job["id"], timeout_s=60)
-    queued = Job.fetch(job["id"], connection=queue_client)
-    queued.worker_name = f"gone-{key_prefix}"
-    queued.save()
-    queued.set_status(JobStatus.STARTED)
-    reconciled = reconcile_with_queue(store, queue_client, store.get(job["id"]))
-
-    assert reconciled["status"] == "failed"
-    assert "stopped" in reconciled["error"]["message"]
-
-
 def test_cancel_queued_job(store: JobStore, queue_client: redis.Redis, key_prefix: str) -> None:
     from rq.job import Job, JobStatus
 
-    from trainer.jobs import enqueue_training
+    from trainer.queueing import enqueue_training
 
     job = make_job(store)
     enqueue_training(queue_client, queue_name=f"training-{key_prefix}", job_id=job["id"], timeout_s=60)
@@ -194,7 +138,27 @@ def test_cancel_queued_job(store: JobStore, queue_client: redis.Redis, key_prefi
 
     assert cancelled["status"] == "cancelled"
     assert Job.fetch(job["id"], connection=queue_client).get_status() == JobStatus.CANCELED
-    assert make_job(store)["status"] == "queued"
+    assert make_job(store)["status"] == "validating_files"
+
+
+def test_cancel_validating_job(store: JobStore, queue_client: redis.Redis) -> None:
+    from rq.job import Job
+
+    job = make_job(store)
+    cancelled = store.cancel(queue_client, job["id"])
+
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["finished_at"] is not None
+    assert Job.exists(job["id"], connection=queue_client) is False
+    assert store.events(job["id"], limit=1)[0]["message"] == "Job status: cancelled"
+
+
+def test_open_jobs_skips_finished(store: JobStore) -> None:
+    alice = make_job(store, "alice")
+    bob = make_job(store, "bob")
+    store.set_status(bob["id"], "succeeded")
+
+    assert [job["id"] for job in store.open_jobs()] == [alice["id"]]
 
 
 def test_cancel_finished_job_rejected(store: JobStore, queue_client: redis.Redis) -> None:
@@ -218,6 +182,11 @@ def test_cancelled_job_keeps_status(store: JobStore, queue_client: redis.Redis) 
     assert store.get(job["id"])["status"] == "cancelled"
 
 
+def _is_step(message: str) -> bool:
+    """Returns whether a job event reports a training step ('SFT step 3/40: ...' or 'APO step ...')."""
+    return message.split(" ", 2)[1:2] == ["step"]
+
+
 def test_cancel_stops_running_training(
     tiny_settings: Settings, redis_client: redis.Redis, store: JobStore, queue_client: redis.Redis
 ) -> None:
@@ -232,13 +201,13 @@ def test_cancel_stops_running_training(
     runner = threading.Thread(target=lambda: outcome.update(worker.run_training_job(job["id"])))
     runner.start()
     deadline = time.monotonic() + 120
-    while not any(event["message"].startswith("Step ") for event in store.events(job["id"], limit=1000)):
+    while not any(_is_step(event["message"]) for event in store.events(job["id"], limit=1000)):
         assert time.monotonic() < deadline, "training did not start"
         time.sleep(0.05)
     store.cancel(queue_client, job["id"])
     runner.join(timeout=120)
 
-    steps = [event for event in store.events(job["id"], limit=10000) if event["message"].startswith("Step ")]
+    steps = [event for event in store.events(job["id"], limit=10000) if _is_step(event["message"])]
     assert outcome["status"] == "cancelled"
     assert len(steps) < 100
     assert redis_client.get(keys.active_adapter("alice")) is None

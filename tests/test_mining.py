@@ -368,6 +368,8 @@ def test_pair_texts_and_prompt() -> None:
     assert pair.rejected == f"Later today I will wash {MUG} by hand."
     assert pair.first_mention == MUG
     assert pair.remention == "the chipped mug"
+    assert pair.chosen[pair.mention_start :].startswith("the chipped mug")
+    assert pair.rejected[pair.mention_start :].startswith(MUG)
 
 
 def test_rejected_text_uses_definite_article() -> None:

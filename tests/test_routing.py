@@ -97,3 +97,21 @@ def test_adapter_list_marks_active(
 
     assert [adapter["id"] for adapter in listing["data"]] == ["leo/1", "leo/2"]
     assert [adapter["status"] for adapter in listing["data"]] == ["inactive", "active"]
+
+
+def test_convention_adapter_serves_partners_without_their_own(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    from adapters.registry import CONVENTION_OWNER
+
+    bare = ask(gateway, "mia")
+    register_adapter(tiny_settings, tiny_model_path, CONVENTION_OWNER, redis_client)
+    served = ask(gateway, "mia")
+    register_adapter(tiny_settings, tiny_model_path, "nora", redis_client)
+    own = ask(gateway, "nora")
+    partners = httpx.get(f"{gateway.base_url}/v1/partners/{CONVENTION_OWNER}")
+
+    assert bare.headers["x-adapter"] == "none"
+    assert served.headers["x-adapter"] == f"{CONVENTION_OWNER}/1"
+    assert own.headers["x-adapter"] == "nora/1"
+    assert partners.status_code == 400, "the convention adapter's owner is not a partner id"

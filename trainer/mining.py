@@ -126,7 +126,8 @@ class PreferencePair:
     ``kind`` "first_mention": the full first mention is preferred over using the short form too early.
 
     ``prompt`` contains the transcript messages before that message, and ``role`` is its role, which
-    is "user" when the partner wrote the re-mention.
+    is "user" when the partner wrote the re-mention. ``mention_start`` is where the swapped mention begins,
+    the same character offset in ``chosen`` and ``rejected``.
     """
 
     prompt: list[Message]
@@ -136,6 +137,7 @@ class PreferencePair:
     first_mention: str
     remention: str
     kind: str = "remention"
+    mention_start: int = 0
 
 
 # Session transcripts
@@ -502,6 +504,7 @@ def _preference_pair(transcript: Sequence[Message], remention: Remention) -> Pre
         role=message["role"],
         first_mention=remention.first.text,
         remention=later.text,
+        mention_start=later.start,
     )
 
 
@@ -520,6 +523,7 @@ def _first_mention_pair(transcript: Sequence[Message], remention: Remention) -> 
         first_mention=first.text,
         remention=remention.later.text,
         kind="first_mention",
+        mention_start=first.start,
     )
 
 
@@ -541,10 +545,14 @@ def build_preference_pairs(transcript: Sequence[Message], rementions: Iterable[R
 
 def mine_pairs(sessions_turns: Iterable[Sequence[Mapping[str, Any]]]) -> list[PreferencePair]:
     """Mine preference pairs from each session's stored turns, without repeating a (chosen, rejected) pair."""
+    return mine_transcripts(session_transcript(turns) for turns in sessions_turns)
+
+
+def mine_transcripts(transcripts: Iterable[Sequence[Message]]) -> list[PreferencePair]:
+    """Mine preference pairs from whole conversations, without repeating a (chosen, rejected) pair."""
     pairs: list[PreferencePair] = []
     seen: set[tuple[str, str]] = set()
-    for turns in sessions_turns:
-        transcript = session_transcript(turns)
+    for transcript in transcripts:
         for pair in build_preference_pairs(transcript, find_rementions(transcript)):
             if (pair.chosen, pair.rejected) not in seen:
                 seen.add((pair.chosen, pair.rejected))

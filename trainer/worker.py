@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
+from rq.exceptions import AbandonedJobError
 
 from adapters.base_model import resolve_model_path
 from adapters.keys import Keys
-from adapters.registry import AdapterRegistry, AdapterVersion, adapter_folder
+from adapters.registry import CONVENTION_OWNER, AdapterRegistry, AdapterVersion, adapter_folder
 from adapters.settings import Settings
 from trainer.jobs import TERMINAL_STATUSES, JobFinishedError, JobStore, TrainingCancelledError
 from trainer.mining import mine_pairs
@@ -90,9 +92,6 @@ def _finish(jobs: JobStore, job_id: str, status: str, **fields: Any) -> dict[str
 def _train_and_publish(
     job: dict[str, Any], settings: Settings, jobs: JobStore, registry: AdapterRegistry, client: redis.Redis
 ) -> dict[str, Any]:
-    from trainer.evaluate import evaluate_versions, gate, split_pairs
-    from trainer.train import train_lora_adapter
-
     job_id, partner_id = job["id"], job["partner_id"]
     sessions = load_partner_sessions(client, registry.keys, partner_id)
     # A mention in a session's first message has no conversation before it to condition on, so it is not trained on.
@@ -106,43 +105,120 @@ def _train_and_publish(
             "Chat more with this partner and start the job again."
         )
 
+    published = train_and_register(
+        settings,
+        registry,
+        owner=partner_id,
+        pairs=pairs,
+        work_name=job_id,
+        job_id=job_id,
+        report=lambda message, metrics: jobs.add_event(job_id, "info", message, metrics or None),
+        should_stop=lambda: jobs.is_cancelled(job_id),
+    )
+    adapter = published.adapter
+    return _finish(
+        jobs,
+        job_id,
+        "succeeded",
+        fine_tuned_model=f"ft:{adapter.base_model}:{partner_id}:{adapter.version}",
+        adapter_version=adapter.version,
+        trained_tokens=published.training.trained_tokens,
+        result={
+            "evaluation": published.evaluation,
+            "activated": published.activated,
+            "gate_reason": published.reason,
+            "train_loss": published.training.train_loss,
+            "sft_loss": published.training.sft_loss,
+            "started_from": published.started_from,
+        },
+        result_files=[str(Path(adapter.path) / "adapter_model.safetensors")],
+    )
+
+
+@dataclass(frozen=True)
+class Published:
+    """A trained, evaluated and registered adapter version."""
+
+    adapter: AdapterVersion
+    activated: bool
+    reason: str
+    evaluation: dict[str, Any]
+    training: Any
+    started_from: str | None
+
+
+def train_and_register(
+    settings: Settings,
+    registry: AdapterRegistry,
+    *,
+    owner: str,
+    pairs: list[Any],
+    work_name: str,
+    report: Callable[[str, dict[str, Any]], None],
+    should_stop: Callable[[], bool] = lambda: False,
+    job_id: str | None = None,
+) -> Published:
+    """Trains both stages on ``pairs``, evaluates on held-out pairs, registers the version and activates it when
+    the gate allows.
+
+    A partner (``owner``) continues from the active convention adapter; the convention adapter itself starts
+    from the base model. Checkpoints live in a work folder named after ``work_name``, so running the same work
+    again (a requeued job) resumes from them; the folder is removed once the version is registered.
+    """
+    from trainer.evaluate import evaluate_versions, gate, split_pairs
+    from trainer.train import train_convention_adapter
+
     train_pairs, held_out = split_pairs(pairs)
-    jobs.add_event(job_id, "info", f"Training on {len(train_pairs)} pairs, {len(held_out)} held out for evaluation")
+    report(f"Training on {len(train_pairs)} pairs, {len(held_out)} held out for evaluation", {})
     base = settings.require_local_model()
     model_path = resolve_model_path(base.litellm_params.target, settings.model_cache_dir)
-    partner_dir = settings.artifact_dir / partner_id
-    staging = partner_dir / f".staging-{uuid.uuid4().hex}"
-    staging.mkdir(parents=True)
+    convention = registry.active(CONVENTION_OWNER) if owner != CONVENTION_OWNER else None
+    if convention is not None and convention.base_model != base.model_name:
+        convention = None
+    if convention is not None:
+        report(f"Continuing from the convention adapter {convention.name}", {})
+
+    owner_dir = settings.artifact_dir / owner
+    work_dir = owner_dir / f".work-{work_name}"
+    staging = work_dir / "adapter"
+    staging.mkdir(parents=True, exist_ok=True)
     try:
-        result = train_lora_adapter(
+        result = train_convention_adapter(
             model_path=model_path,
             pairs=train_pairs,
             output_dir=staging,
             settings=settings.training,
-            work_dir=staging / "trainer-state",
-            on_progress=lambda message, metrics: jobs.add_event(job_id, "info", message, metrics),
-            should_stop=lambda: jobs.is_cancelled(job_id),
+            work_dir=work_dir / "checkpoints",
+            start_adapter=convention.path if convention is not None else None,
+            on_progress=report,
+            should_stop=should_stop,
         )
-        shutil.rmtree(staging / "trainer-state", ignore_errors=True)
-        if jobs.is_cancelled(job_id):
-            raise TrainingCancelledError(job_id)
-        jobs.add_event(job_id, "info", f"Evaluating on {len(held_out)} held-out pairs")
+        if should_stop():
+            raise TrainingCancelledError(work_name)
+        report(f"Evaluating on {len(held_out)} held-out pairs", {})
+        active = registry.active(owner)
         evaluation = evaluate_versions(
             model_path=model_path,
             new_adapter=str(staging),
-            active_adapter=_active_adapter_path(registry, partner_id),
+            active_adapter=active.path if active is not None else None,
+            convention_adapter=convention.path if convention is not None else None,
             held_out=held_out,
         )
         activate, reason = gate(evaluation)
-        version = registry.allocate_version(partner_id)
-        final = adapter_folder(settings.artifact_dir, partner_id, version)
+        version = registry.allocate_version(owner)
+        final = adapter_folder(settings.artifact_dir, owner, version)
         staging.rename(final)
+    except TrainingCancelledError:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
     except BaseException:
+        # The checkpoints stay, so that a requeued run resumes; a successful run removes them below.
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    shutil.rmtree(work_dir, ignore_errors=True)
 
     adapter = AdapterVersion(
-        partner_id=partner_id,
+        partner_id=owner,
         version=version,
         base_model=base.model_name,
         path=str(final),
@@ -152,38 +228,28 @@ def _train_and_publish(
             "pairs": len(train_pairs),
             "held_out_pairs": len(held_out),
             "train_loss": result.train_loss,
+            "sft_loss": result.sft_loss,
             "steps": result.steps,
+            "sft_steps": result.sft_steps,
             "held_out_accuracy": evaluation["new"]["accuracy"],
             "held_out_margin": evaluation["new"]["mean_margin"],
+            "planning_at_rementions": evaluation["new"]["planning_at_rementions"],
+            "planning_at_first_mentions": evaluation["new"]["planning_at_first_mentions"],
+            "planning_elsewhere": evaluation["new"]["planning_elsewhere"],
+            "started_from": convention.name if convention is not None else None,
         },
     )
     registry.register(adapter, activate=activate)
     outcome = "saved and activated" if activate else "saved as a candidate, not activated"
-    jobs.add_event(job_id, "info", f"Adapter {adapter.name} {outcome}: {reason}", {"evaluation": evaluation})
-    return _finish(
-        jobs,
-        job_id,
-        "succeeded",
-        fine_tuned_model=f"ft:{adapter.base_model}:{partner_id}:{version}",
-        adapter_version=version,
-        trained_tokens=result.trained_tokens,
-        result={
-            "evaluation": evaluation,
-            "activated": activate,
-            "gate_reason": reason,
-            "train_loss": result.train_loss,
-        },
-        result_files=[str(Path(final) / "adapter_model.safetensors")],
+    report(f"Adapter {adapter.name} {outcome}: {reason}", {"evaluation": evaluation})
+    return Published(
+        adapter=adapter,
+        activated=activate,
+        reason=reason,
+        evaluation=evaluation,
+        training=result,
+        started_from=convention.name if convention is not None else None,
     )
-
-
-def _active_adapter_path(registry: AdapterRegistry, partner_id: str) -> str | None:
-    """Returns the folder of the partner's active adapter, or None when the base model serves the partner."""
-    version = registry.active_version(partner_id)
-    if version is None:
-        return None
-    path = Path(registry.get(partner_id, version).path)
-    return str(path) if (path / "adapter_config.json").is_file() else None
 
 
 def on_rq_failure(job: Any, connection: Any, exc_type: Any, value: Any, traceback: Any) -> None:
@@ -192,6 +258,10 @@ def on_rq_failure(job: Any, connection: Any, exc_type: Any, value: Any, tracebac
     jobs, _, _ = _stores(settings)
     stored = jobs.get(job.id)
     if stored is None or stored["status"] in TERMINAL_STATUSES:
+        return
+    if isinstance(value, AbandonedJobError):
+        # The worker died mid-job; the job stays open so that reconciling with the queue requeues it.
+        logger.warning("Job %s: abandoned by a worker that stopped; it will be requeued", job.id)
         return
     message = f"{getattr(exc_type, '__name__', exc_type)}: {value}"
     logger.error("Job %s: failed in the queue, %s", job.id, message)
