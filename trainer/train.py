@@ -1,8 +1,8 @@
 """The two training stages of the convention-formation recipe, on a LoRA adapter.
 
-Stage 1 (SFT) teaches the planning token: only the new token's embedding row and the LoRA weights train, the
-loss is the cross-entropy of the planning token where a re-mention follows, and a generalised Jensen-Shannon
-divergence keeps the distribution over every other token close to the starting model. Stage 2 is preference
+Stage 1 (SFT) teaches the planning token. Only the new token's embedding row and the LoRA weights train. The
+loss is the cross-entropy of the planning token where a re-mention follows, plus a generalised Jensen-Shannon
+divergence that keeps the distribution at every other token close to the starting model. Stage 2 is preference
 optimisation with TRL's DPOTrainer and the APO-zero loss on the minimal pairs, starting from stage 1.
 
 Importing this module loads torch, transformers and TRL; the worker imports it only when a job runs.
@@ -185,27 +185,37 @@ def planning_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Returns stage 1's loss: planning-token cross-entropy plus the divergence at every other completion token.
 
+    Both terms are summed over their positions and divided by the number of completion tokens, so one position
+    weighs the same in either term. A mean per term would let the few planning positions outweigh the many
+    others, and the token would then spread to places where no re-mention follows.
     ``labels`` are the input ids with -100 outside the completion; logits at position t predict label t + 1.
     """
     targets = labels[:, 1:]
     logits, reference_logits = logits[:, :-1], reference_logits[:, :-1]
     planning = targets == planning_token_id
     others = (targets != -100) & ~planning
+    tokens = max(int((targets != -100).sum()), 1)
 
     zero = logits.sum() * 0.0
     cross_entropy = (
-        torch.nn.functional.cross_entropy(logits[planning].float(), targets[planning]) if planning.any() else zero
+        torch.nn.functional.cross_entropy(logits[planning].float(), targets[planning], reduction="sum")
+        if planning.any()
+        else zero
     )
-    divergence = generalized_jsd(logits[others], reference_logits[others], jsd_beta).mean() if others.any() else zero
-    loss = cross_entropy + divergence_weight * divergence
-    return loss, {"planning_ce": float(cross_entropy.detach()), "divergence": float(divergence.detach())}
+    divergence = generalized_jsd(logits[others], reference_logits[others], jsd_beta).sum() if others.any() else zero
+    loss = (cross_entropy + divergence_weight * divergence) / tokens
+    parts = {
+        "planning_ce": float(cross_entropy.detach()) / max(int(planning.sum()), 1),
+        "divergence": float(divergence.detach()) / max(int(others.sum()), 1),
+    }
+    return loss, parts
 
 
 class AdapterCheckpoints:
     """Saves checkpoints with the adapters' own weights only.
 
     peft would otherwise add the whole embedding matrix to every checkpoint, because the planning token made the
-    vocabulary larger than the base model's saved config says; every process rebuilds that matrix the same way.
+    vocabulary larger than the base model's saved config records. Every process rebuilds that matrix the same way.
     """
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
@@ -293,8 +303,8 @@ def load_trainable_model(
 def _with_head_bias(model: PeftModel) -> PeftModel:
     """Gives peft's wrapper of a tied output layer the ``bias`` attribute that TRL's fused output layer reads.
 
-    The wrapper answers ``weight`` with the rows the adapter trained, but has no ``bias``; the wrapped layer's
-    bias (None for tied embeddings) is the right answer.
+    The wrapper returns the adapter's trained rows as ``weight`` but has no ``bias``. The wrapped layer's bias
+    (None for tied embeddings) is the right value.
     """
     head = model.get_output_embeddings()
     try:
