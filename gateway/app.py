@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from adapters.base_model import resolve_model_path
 from adapters.engine import LocalEngine
 from adapters.settings import Settings
-from gateway import routes_health, routes_jobs, routes_openai, routes_partners
+from gateway import routes_adapter_import, routes_health, routes_jobs, routes_openai, routes_partners
 from gateway.errors import install_error_handlers
 from gateway.services import Services
 
@@ -27,6 +27,7 @@ def build_engine(settings: Settings) -> LocalEngine | None:
         model_name=entry.model_name,
         model_path_loader=lambda: resolve_model_path(entry.litellm_params.target, settings.model_cache_dir),
         max_loaded_adapters=settings.max_loaded_adapters,
+        max_batch_size=settings.max_batch_size,
         max_pending_requests=settings.max_pending_requests,
     )
 
@@ -61,6 +62,6 @@ def create_app(settings: Settings, *, engine: LocalEngine | None = None) -> Fast
 
     app = FastAPI(title="convention-gateway", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    for module in (routes_openai, routes_partners, routes_jobs, routes_health):
+    for module in (routes_openai, routes_partners, routes_adapter_import, routes_jobs, routes_health):
         app.include_router(module.router)
     return app

@@ -39,7 +39,8 @@ async def list_sessions(
     return {"object": "list", "data": sessions, "has_more": total > len(sessions)}
 
 
-def _adapter_object(adapter: AdapterVersion, active_version: int | None) -> dict[str, Any]:
+def adapter_object(adapter: AdapterVersion, active_version: int | None) -> dict[str, Any]:
+    """Returns an adapter version as the API shows it, with ``status`` active or inactive."""
     return {
         "id": adapter.name,
         "object": "adapter",
@@ -55,7 +56,7 @@ async def list_adapters(partner_id: str, services: ServicesDep) -> dict[str, Any
     active = await asyncio.to_thread(services.registry.active_version, partner_id)
     return {
         "object": "list",
-        "data": [_adapter_object(adapter, active) for adapter in adapters],
+        "data": [adapter_object(adapter, active) for adapter in adapters],
         "active_version": active,
     }
 

@@ -13,6 +13,7 @@ import pytest
 import redis
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.transport.serialization import serialize_binary
 
 from adapters.settings import Settings
 from gateway.app import create_app
@@ -21,6 +22,12 @@ from tests.conftest import REDIS_URL, TINY_MODEL_NAME, RunningGateway, delete_te
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 # The OpenAPI document does not depend on settings, and building the app runs nothing until start-up.
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
+
+
+@schemathesis.serializer("application/zip", "application/gzip", "application/x-tar")
+def archive_serializer(ctx: schemathesis.SerializationContext, value: object) -> bytes:
+    """Sends generated bodies of the adapter import route as raw bytes, as a client uploading a file would."""
+    return serialize_binary(value)
 
 
 @pytest.fixture(scope="module")
