@@ -1,25 +1,25 @@
-"""The local inference engine: one base model, partner LoRA adapters loaded on demand (transformers + peft).
+"""The local inference engine: one base model and many partners' LoRA adapters, served in one batch.
 
-Generation runs on one dedicated thread, so the event loop stays free while a request generates; requests
-wait their turn on that thread. Adapters are loaded the first time a partner's request needs them and the
-least recently used ones are unloaded beyond ``max_loaded_adapters``.
+Requests join the running batch at the next decoding step (adapters.batching), each row with its own adapter
+(adapters.multilora). Adapters are loaded on a separate thread the first time a request needs them, and the least
+recently used ones that no running request uses are unloaded beyond ``max_loaded_adapters``
+(adapters.adapter_cache).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import hashlib
 import logging
 import threading
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.decoding import SamplingParams, TokenLogprob, decode
+from adapters.adapter_cache import AdapterCache
+from adapters.batching import BatchScheduler, SequenceRequest
+from adapters.decoding import SamplingParams, TokenLogprob
 from adapters.planning import PLANNING_TOKEN, PlanningTokenFilter
 from adapters.registry import AdapterVersion
 
@@ -114,13 +114,8 @@ class _StopTrimmer:
         return delta
 
 
-def peft_adapter_name(adapter: AdapterVersion) -> str:
-    """Returns a module-safe peft adapter name for an adapter version (peft names may not contain dots)."""
-    return "adapter_" + hashlib.sha1(adapter.name.encode()).hexdigest()[:16]
-
-
 class LocalEngine:
-    """Serves chat completions from one base model and its LoRA adapters."""
+    """Serves completions from one base model and its LoRA adapters, many requests in one batch."""
 
     def __init__(
         self,
@@ -129,39 +124,56 @@ class LocalEngine:
         model_path_loader: Callable[[], str],
         max_loaded_adapters: int,
         max_pending_requests: int = 32,
+        max_batch_size: int = 16,
     ) -> None:
         self.model_name = model_name
         self.max_pending_requests = max_pending_requests
+        self.max_batch_size = max_batch_size
         self.pending_requests = 0
         self._model_path_loader = model_path_loader
         self.max_loaded_adapters = max_loaded_adapters
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self._loaded: OrderedDict[str, str] = OrderedDict()
+        # Adapter files are read on their own thread, so loading one never holds up the batch.
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-loader")
+        self._cache: AdapterCache | None = None
+        self._scheduler: BatchScheduler | None = None
         self.model: Any = None
         self.tokenizer: Any = None
         self.context_length = 0
+        self.planning_token_id: int | None = None
         self.ready = False
         self.load_error: str | None = None
 
     def load(self) -> None:
-        """Loads the base model, blocking; the built-in GGUF model is converted on first use."""
+        """Loads the base model and starts the batch scheduler, blocking; the built-in GGUF model is converted on
+        first use."""
         import torch
 
         from adapters.base_model import load_model_and_tokenizer
+        from adapters.multilora import MultiLoraModel
 
         path = self._model_path_loader()
         torch.set_grad_enabled(False)
         self.model, self.tokenizer = load_model_and_tokenizer(path)
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.planning_token_id = int(self.tokenizer.convert_tokens_to_ids(PLANNING_TOKEN))
+        multilora = MultiLoraModel(self.model)
+        self._cache = AdapterCache(multilora, self.max_loaded_adapters)
+        self._scheduler = BatchScheduler(
+            self.model,
+            eos_token_ids=self._eos_token_ids(),
+            select_rows=multilora.rows_using,
+            max_batch_size=self.max_batch_size,
+        )
         self.ready = True
         logger.info("Engine: model %s loaded from %s", self.model_name, path)
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._scheduler is not None:
+            self._scheduler.stop()
+        self._loader.shutdown(wait=False, cancel_futures=True)
 
     def loaded_adapters(self) -> list[str]:
-        return list(self._loaded)
+        return self._cache.loaded() if self._cache is not None else []
 
     def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Returns the token ids of ``messages`` rendered with the model's chat template."""
@@ -202,37 +214,88 @@ class LocalEngine:
         cancel: threading.Event | None = None,
     ) -> GenerationOutput:
         """Generates a whole completion; setting ``cancel`` stops it after the current token."""
-        self._admit()
-        loop = asyncio.get_running_loop()
         stop = cancel or threading.Event()
-        try:
-            return await loop.run_in_executor(self._executor, self._generate, prompt_ids, params, adapter, None, stop)
-        except asyncio.CancelledError:
-            stop.set()
-            raise
-        finally:
-            self.pending_requests -= 1
+        async for item in self._run(prompt_ids, params, adapter, stop, streaming=False):
+            if isinstance(item, GenerationOutput):
+                return item
+        raise RuntimeError("generation ended without an output")
 
     async def stream(
         self, prompt_ids: list[int], params: SamplingParams, adapter: AdapterVersion | None
     ) -> AsyncIterator[TextDelta | GenerationOutput]:
         """Yields text deltas, then the final GenerationOutput. Closing the iterator stops generation."""
+        async for item in self._run(prompt_ids, params, adapter, threading.Event(), streaming=True):
+            yield item
+
+    async def _run(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        adapter: AdapterVersion | None,
+        cancel: threading.Event,
+        *,
+        streaming: bool,
+    ) -> AsyncIterator[TextDelta | GenerationOutput]:
         self._admit()
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def on_delta(delta: TextDelta) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, delta)
-
-        future = loop.run_in_executor(self._executor, self._generate, prompt_ids, params, adapter, on_delta, cancel)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, _STREAM_END))
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        adapter_name: str | None = None
         try:
-            while (item := await queue.get()) is not _STREAM_END:
-                yield item
-            yield await future
+            self.check_context(len(prompt_ids), params.max_tokens)
+            assert self._cache is not None and self._scheduler is not None
+            if adapter is not None:
+                adapter_name = await self._cache.acquire(adapter, self._loader)
+
+            def on_delta(delta: TextDelta) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, delta)
+
+            def on_done(generated: list[int], ended: bool, error: BaseException | None) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, (_STREAM_END, generated, ended, error))
+
+            collector = _DeltaCollector(
+                self.tokenizer,
+                _StopTrimmer(params.stop),
+                on_delta if streaming else None,
+                cancel,
+                self.planning_token_id,
+            )
+            self._scheduler.submit(
+                SequenceRequest(
+                    prompt_ids=prompt_ids,
+                    params=params,
+                    adapter=adapter_name,
+                    on_token=collector.on_token,
+                    on_done=on_done,
+                    cancel=cancel,
+                )
+            )
+            while True:
+                item = await events.get()
+                if isinstance(item, TextDelta):
+                    yield item
+                    continue
+                _, generated, ended, error = item
+                if error is not None:
+                    raise error
+                collector.flush()
+                # The final deltas were queued before the end marker only if they came from the scheduler thread.
+                while not events.empty():
+                    pending = events.get_nowait()
+                    if isinstance(pending, TextDelta):
+                        yield pending
+                yield GenerationOutput(
+                    text=collector.trimmer.text,
+                    finish_reason="stop" if ended else "length",
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=len(generated),
+                    logprobs=collector.all_logprobs if params.logprobs else None,
+                    planning_tokens=collector.planning_tokens,
+                )
+                return
         finally:
             cancel.set()
+            if adapter_name is not None and self._cache is not None:
+                self._cache.release(adapter_name)
             self.pending_requests -= 1
 
     def _admit(self) -> None:
@@ -248,31 +311,6 @@ class LocalEngine:
         if not self.ready:
             raise EngineNotReadyError(f"model {self.model_name} is still loading; retry in a few seconds")
 
-    def _generate(
-        self,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        adapter: AdapterVersion | None,
-        on_delta: Callable[[TextDelta], None] | None,
-        cancel: threading.Event,
-    ) -> GenerationOutput:
-        self.check_context(len(prompt_ids), params.max_tokens)
-        collector = _DeltaCollector(self.tokenizer, _StopTrimmer(params.stop), on_delta, cancel, self.planning_token_id)
-        with self._adapter_selected(adapter):
-            generated, ended = decode(
-                self.model, prompt_ids, params, eos_token_ids=self._eos_token_ids(), on_token=collector.on_token
-            )
-
-        collector.flush()
-        return GenerationOutput(
-            text=collector.trimmer.text,
-            finish_reason="stop" if ended else "length",
-            prompt_tokens=len(prompt_ids),
-            completion_tokens=len(generated),
-            logprobs=collector.all_logprobs if params.logprobs else None,
-            planning_tokens=collector.planning_tokens,
-        )
-
     def _eos_token_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
         ids: set[int] = set()
@@ -283,48 +321,6 @@ class LocalEngine:
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return ids
-
-    @contextlib.contextmanager
-    def _adapter_selected(self, adapter: AdapterVersion | None) -> Iterator[None]:
-        from peft import PeftModel
-
-        if adapter is None:
-            disabled = self.model.disable_adapter() if isinstance(self.model, PeftModel) else contextlib.nullcontext()
-            with disabled:
-                yield
-            return
-
-        # Loading the first adapter wraps the base model in a PeftModel, so look up self.model only afterwards.
-        name = self._ensure_loaded(adapter)
-        self.model.set_adapter(name)
-        yield
-
-    def _ensure_loaded(self, adapter: AdapterVersion) -> str:
-        from peft import PeftModel
-
-        name = peft_adapter_name(adapter)
-        if name in self._loaded:
-            self._loaded.move_to_end(name)
-            return name
-
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(adapter.path, adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, adapter.path, adapter_name=name)
-        self.model.eval()
-        self._loaded[name] = adapter.name
-        logger.info("Engine: adapter %s loaded from %s", adapter.name, adapter.path)
-        self._evict_beyond_limit(keep=name)
-        return name
-
-    def _evict_beyond_limit(self, *, keep: str) -> None:
-        while len(self._loaded) > self.max_loaded_adapters:
-            name = next(iter(self._loaded))
-            if name == keep:
-                break
-            public_name = self._loaded.pop(name)
-            self.model.delete_adapter(name)
-            logger.info("Engine: adapter %s unloaded (least recently used)", public_name)
 
 
 class _DeltaCollector:

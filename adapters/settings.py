@@ -178,11 +178,23 @@ class Settings(BaseSettings):
     artifact_dir: Path = Field(default_factory=lambda: _user_dir("XDG_DATA_HOME", ".local/share") / "adapters")
     queue_name: str = "convention-training"
     job_timeout_s: int = Field(default=3600, ge=10)
-    max_loaded_adapters: int = Field(default=8, ge=1)
+    max_loaded_adapters: int = Field(
+        default=8, ge=1, description="Adapters kept loaded; the least recently used unused ones are unloaded beyond."
+    )
+    max_batch_size: int = Field(
+        default=16, ge=1, description="Sequences decoded together; more requests wait for a free row."
+    )
     default_max_tokens: int = Field(default=256, ge=1)
     max_pending_requests: int = Field(
         default=32, ge=1, description="Local requests generating or waiting; more are rejected with 503."
     )
+    max_adapter_import_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description="Maximum total uncompressed size in bytes of an imported adapter archive. The request body may "
+        "exceed it only by a small allowance for archive and multipart headers.",
+    )
+    max_adapter_rank: int = Field(default=64, ge=1, description="Maximum LoRA rank r of an imported adapter.")
     anonymous_partner_id: str = "anonymous"
     conversation_index_ttl_s: int = Field(
         default=30 * 24 * 3600,

@@ -14,13 +14,13 @@ from adapters.settings import Settings
 from tests.conftest import TINY_MODEL_NAME, RunningGateway
 
 
-def save_random_lora(model_path: str, folder: Path) -> None:
+def save_random_lora(model_path: str, folder: Path, seed: int = 1) -> None:
     """Saves a LoRA adapter with random (non-zero) weights, so that it changes the model's output."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_path)
     config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(folder)
