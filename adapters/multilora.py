@@ -264,6 +264,9 @@ class MultiLoraModel:
     accepts adapters whose loading has finished, so a forward pass never uses a half-loaded adapter. An adapter
     must not be unloaded while a forward pass uses it. The caller's scheduler ensures that, and
     ``unload_adapter`` raises AdapterInUseError while a ``rows_using`` block selects the adapter.
+
+    NOTE: the row indices are created on the input embedding's device, so a model split over several devices
+    (``device_map``) is not supported.
     """
 
     def __init__(self, model: nn.Module) -> None:

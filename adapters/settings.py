@@ -122,7 +122,7 @@ class TrainingSettings(BaseModel):
         default=1e-2, gt=0, description="Learning rate of the planning token's embedding row in stage 1."
     )
     divergence_weight: float = Field(
-        default=1.0, ge=0, description="Weight of the divergence from the starting model in stage 1's loss."
+        default=4.0, ge=0, description="Weight of the divergence from the starting model in stage 1's loss."
     )
     jsd_beta: float = Field(
         default=0.5, ge=0, le=1, description="Interpolation of the generalised Jensen-Shannon divergence."

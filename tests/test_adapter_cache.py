@@ -58,7 +58,7 @@ def test_adapter_in_use_never_unloaded(engine: LocalEngine, tiny_model_path: str
 
     async def scenario() -> tuple[str, list[str], list[str]]:
         long_request = asyncio.create_task(complete(engine, busy, max_tokens=40))
-        while "x/1" not in engine.loaded_adapters():
+        while "x/1" not in engine.loaded_adapters():  # noqa: ASYNC110 - the engine offers no event to wait on
             await asyncio.sleep(0.001)
         for adapter in others:
             await complete(engine, adapter, max_tokens=2)
@@ -104,7 +104,7 @@ def test_closed_stream_leaves_batch(engine: LocalEngine) -> None:
                 break
         await stream.aclose()
         deadline = time.monotonic() + 10
-        while engine._scheduler.running and time.monotonic() < deadline:
+        while engine._scheduler.running and time.monotonic() < deadline:  # noqa: ASYNC110 - polled with a deadline
             await asyncio.sleep(0.01)
         return engine._scheduler.running, engine.pending_requests
 

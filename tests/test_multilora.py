@@ -113,6 +113,25 @@ def greedy_tokens(forward: Callable[[torch.Tensor], torch.Tensor], input_ids: to
     return input_ids[:, -NEW_TOKENS:]
 
 
+def cached_greedy_tokens(model: Callable[..., Any], prompts: list[torch.Tensor]) -> torch.Tensor:
+    """Appends NEW_TOKENS greedy tokens per prompt, decoding the left-padded batch on a KV cache."""
+    width = max(len(prompt) for prompt in prompts)
+    input_ids = torch.stack([torch.nn.functional.pad(prompt, (width - len(prompt), 0)) for prompt in prompts])
+    attention_mask = torch.stack([torch.arange(width) >= width - len(prompt) for prompt in prompts]).long()
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    cache = None
+    generated = []
+    with torch.no_grad():
+        for _ in range(NEW_TOKENS):
+            output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+            cache = output.cache
+            input_ids = output.logits[:, -1].argmax(dim=-1, keepdim=True)
+            generated.append(input_ids)
+            position_ids = position_ids[:, -1:] + 1
+            attention_mask = torch.cat([attention_mask, torch.ones_like(input_ids)], dim=1)
+    return torch.cat(generated, dim=1)
+
+
 @pytest.mark.parametrize("name", list(ADAPTER_CONFIGS))
 def test_single_adapter_matches_peft(
     name: str, multi: MultiLoraModel, reference_models: dict[str | None, Any], planning_id: int
@@ -178,6 +197,22 @@ def test_mixed_greedy_decoding_matches_peft(
         assert generated[row].tolist() == expected[0].tolist(), f"row {row} ({name})"
     assert planning_id in generated[0].tolist(), "the token adapter's row should make it emit the planning token"
     assert len({tuple(row.tolist()) for row in generated}) == len(row_adapters)
+
+
+def test_cached_padded_decoding_matches_peft(
+    multi: MultiLoraModel, reference_models: dict[str | None, Any], planning_id: int
+) -> None:
+    row_adapters = ["qv4", TOKEN_ADAPTER, None, TOKEN_ADAPTER]
+    lengths = [10, 6, 8, 4]
+    full = sample_input(planning_id)
+    prompts = [full[row, SEQUENCE_LENGTH - length :] for row, length in enumerate(lengths)]
+    with multi.rows_using(row_adapters):
+        generated = cached_greedy_tokens(multi, prompts)
+
+    for row, name in enumerate(row_adapters):
+        model = reference_models[name]
+        expected = greedy_tokens(lambda ids, model=model: logits_of(model, ids), prompts[row].unsqueeze(0))
+        assert generated[row].tolist() == expected[0].tolist(), f"row {row} ({name})"
 
 
 def test_rows_without_selection_use_base(
