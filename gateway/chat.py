@@ -115,7 +115,8 @@ def engine_errors_to_api(error: Exception) -> APIError:
     return APIError(400, str(error), param="messages", code="context_length_exceeded")
 
 
-def check_capacity(engine: LocalEngine) -> None:
+def check_loaded(engine: LocalEngine) -> None:
+    """Raises a 500 when the base model failed to load and a 503 while it is still loading."""
     if engine.load_error is not None:
         raise APIError(
             500,
@@ -124,6 +125,10 @@ def check_capacity(engine: LocalEngine) -> None:
         )
     if not engine.ready:
         raise engine_errors_to_api(EngineNotReadyError(f"model {engine.model_name} is still loading; retry shortly"))
+
+
+def check_capacity(engine: LocalEngine) -> None:
+    check_loaded(engine)
     if engine.pending_requests >= engine.max_pending_requests:
         overloaded = EngineOverloadedError(
             f"model {engine.model_name} already has {engine.pending_requests} requests waiting; retry shortly"

@@ -12,11 +12,11 @@ from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from adapters.engine import EngineNotReadyError, LocalEngine
+from adapters.engine import LocalEngine
 from adapters.import_errors import AdapterImportError, ArchiveTooLargeError
 from adapters.importing import import_adapter, register_imported_adapter
 from adapters.model_layout import describe_model
-from gateway.chat import engine_errors_to_api
+from gateway.chat import check_loaded
 from gateway.errors import APIError
 from gateway.partners import validate_id
 from gateway.routes_partners import adapter_object
@@ -113,14 +113,7 @@ def _ready_engine(services: Services) -> LocalEngine:
         raise APIError(
             400, "no local/ model is configured in model_list, so there is no base model for an adapter", param="model"
         )
-    if engine.load_error is not None:
-        raise APIError(
-            500,
-            f"model {engine.model_name} failed to load ({engine.load_error}); fix the model entry and restart",
-            code="model_load_failed",
-        )
-    if not engine.ready:
-        raise engine_errors_to_api(EngineNotReadyError(f"model {engine.model_name} is still loading; retry shortly"))
+    check_loaded(engine)
     return engine
 
 
