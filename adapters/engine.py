@@ -146,13 +146,11 @@ class LocalEngine:
     def load(self) -> None:
         """Loads the base model and starts the batch scheduler, blocking; the built-in GGUF model is converted on
         first use."""
-        import torch
 
         from adapters.base_model import load_model_and_tokenizer
         from adapters.multilora import MultiLoraModel
 
         path = self._model_path_loader()
-        torch.set_grad_enabled(False)
         self.model, self.tokenizer = load_model_and_tokenizer(path)
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.planning_token_id = int(self.tokenizer.convert_tokens_to_ids(PLANNING_TOKEN))

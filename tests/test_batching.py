@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import torch
 
 from adapters.base_model import load_model_and_tokenizer
 from adapters.batching import BatchScheduler, SequenceRequest, no_adapters
@@ -24,7 +23,6 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model_path: str) -> tuple[Any, Any]:
-    torch.set_grad_enabled(False)
     return load_model_and_tokenizer(tiny_model_path)
 
 
