@@ -28,6 +28,8 @@ class AdapterCache:
         self._order: OrderedDict[str, None] = OrderedDict()
         self._pins: Counter[str] = Counter()
         self._loading: dict[str, asyncio.Future[None]] = {}
+        # The largest over-limit size already logged, so a busy gateway logs each new high once.
+        self._warned_size = 0
 
     def loaded(self) -> list[str]:
         """Returns the loaded adapters' names, least recently used first."""
@@ -59,16 +61,26 @@ class AdapterCache:
     async def _load(self, adapter: AdapterVersion, loader: Executor) -> None:
         name = adapter.name
         pending = self._loading.get(name)
+        if pending is None and name in self._order:
+            return
         if pending is None:
             loop = asyncio.get_running_loop()
             pending = asyncio.ensure_future(loop.run_in_executor(loader, self.model.load_adapter, name, adapter.path))
             self._loading[name] = pending
-            pending.add_done_callback(lambda _: self._loading.pop(name, None))
+            pending.add_done_callback(lambda done: self._finish_load(name, adapter.path, done))
         # Several requests may wait for the same load; a cancelled request must not cancel it for the others.
         await asyncio.shield(pending)
-        if name not in self._order:
-            self._order[name] = None
-            logger.info("Engine: adapter %s loaded from %s", name, adapter.path)
+        # Awaiting a future that is already done does not wait for its callbacks, so record the load here too.
+        self._finish_load(name, adapter.path, pending)
+
+    def _finish_load(self, name: str, path: str, done: asyncio.Future[None]) -> None:
+        # One callback moves the adapter from loading to loaded, so a request arriving in between never starts
+        # a second load of it.
+        self._loading.pop(name, None)
+        if done.cancelled() or done.exception() is not None or name in self._order:
+            return
+        self._order[name] = None
+        logger.info("Engine: adapter %s loaded from %s", name, path)
 
     def _unpin(self, name: str) -> None:
         self._pins[name] -= 1
@@ -87,7 +99,8 @@ class AdapterCache:
                 continue
             del self._order[name]
             logger.info("Engine: adapter %s unloaded (least recently used)", name)
-        if len(self._order) > self.max_loaded:
+        if len(self._order) > max(self.max_loaded, self._warned_size):
+            self._warned_size = len(self._order)
             logger.warning(
                 "Engine: %d adapters loaded, above max_loaded_adapters=%d, because running requests use them",
                 len(self._order),

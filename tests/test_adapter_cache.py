@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +124,58 @@ def test_failed_adapter_load_unpins(engine: LocalEngine, tmp_path: Path) -> None
 
     assert engine.loaded_adapters() == []
     assert engine.pending_requests == 0
+
+
+class CountingModel:
+    """Stands in for MultiLoraModel: loading a name twice raises, as the real one does."""
+
+    def __init__(self) -> None:
+        self.loaded: set[str] = set()
+        self.loads = 0
+
+    def load_adapter(self, name: str, path: str) -> None:
+        self.loads += 1
+        if name in self.loaded:
+            raise ValueError(f"adapter {name!r} is already loaded")
+        self.loaded.add(name)
+
+    def unload_adapter(self, name: str) -> None:
+        self.loaded.discard(name)
+
+
+class ManualExecutor(concurrent.futures.Executor):
+    """Runs each submitted job only when the test calls ``run_next``."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[concurrent.futures.Future, Any, tuple]] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self.jobs.append((future, fn, args))
+        return future
+
+    def run_next(self) -> None:
+        future, fn, args = self.jobs.pop(0)
+        future.set_result(fn(*args))
+
+
+def test_request_right_after_load_reuses_it() -> None:
+    from adapters.adapter_cache import AdapterCache
+
+    model = CountingModel()
+    cache = AdapterCache(model, max_loaded=4)  # type: ignore[arg-type]
+    loader = ManualExecutor()
+    adapter = AdapterVersion(partner_id="p", version=1, base_model="tiny", path="/unused", created_at=0)
+
+    async def scenario() -> list[object]:
+        first = asyncio.create_task(cache.acquire(adapter, loader))
+        await asyncio.sleep(0)
+        loader.run_next()
+        second = asyncio.create_task(cache.acquire(adapter, loader))
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+
+    assert results == ["p/1", "p/1"]
+    assert model.loads == 1
+    assert cache.pins("p/1") == 2
