@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run worker serve demo test lint clean bench-env bench-overhead
+.PHONY: install run worker serve demo test lint clean bench-env bench-overhead bench-serving
 
 install: $(INSTALLED)
 
@@ -42,3 +42,6 @@ bench-env:
 
 bench-overhead: install
 	$(BIN)/python -m bench.overhead
+
+bench-serving: install
+	$(BIN)/python -m bench.serving

@@ -23,8 +23,8 @@ from adapters.registry import AdapterRegistry, AdapterVersion, adapter_folder
 RANK = 16
 ALPHA = 32
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
-# With B at full scale the adapted model answers with end-of-text at once; at 0.2 to 0.5 the replies differ
-# from the base model's and stay fluent (checked by eye on the default model).
+# With B at full scale the adapted model's replies end at once with end-of-text. At 0.2 to 0.5 they differ from
+# the base model's replies and stay fluent (checked by eye on the default model, one greedy prompt).
 B_SCALE = 0.3
 
 
@@ -63,7 +63,7 @@ class RandomAdapterWriter:
 
 @dataclass(frozen=True)
 class Swap:
-    """One adapter version registered and activated during a load run; ``registered_at`` is perf_counter time."""
+    """One adapter version registered and activated during a load run, at ``time.perf_counter()`` time."""
 
     partner: str
     version: int
