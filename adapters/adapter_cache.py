@@ -1,4 +1,4 @@
-"""Which adapters the engine keeps loaded: least recently used first out, never one that a request is using."""
+"""The engine's cache of loaded adapters: least recently used first out, never one that a request is using."""
 
 from __future__ import annotations
 

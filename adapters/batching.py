@@ -1,9 +1,9 @@
 """Iteration-level batching: sequences join the running batch at the next decoding step and leave when done.
 
-One thread owns the model. Each step it prefills the sequences that arrived (one forward each, with that
-sequence's adapter), merges their KV caches into the batch cache with left padding, then runs one decoding
-forward for every running sequence together, each row with its own adapter, sampling parameters and stop
-checks. A finished or cancelled sequence leaves the batch at once; the others go on.
+One thread owns the model. Each step it prefills the sequences that arrived, one forward each with that
+sequence's adapter, and merges their KV caches into the batch cache with left padding. It then runs one
+decoding forward for every running sequence together, each row with its own adapter, sampling parameters and
+stop checks. A finished or cancelled sequence leaves the batch at once; the others go on.
 """
 
 from __future__ import annotations

@@ -106,7 +106,8 @@ def test_stopped_sequence_leaves_others_continue(
     scheduler.submit(request(tokenizer, PROMPTS[0], short))
     scheduler.submit(request(tokenizer, PROMPTS[1], full))
 
-    assert short.done.wait(60) and full.done.wait(60)
+    assert short.done.wait(60)
+    assert full.done.wait(60)
     assert short.generated == alone(model, tokenizer, PROMPTS[0])[:2]
     assert short.ended is True
     assert full.generated == alone(model, tokenizer, PROMPTS[1])

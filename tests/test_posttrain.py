@@ -45,10 +45,12 @@ def test_post_train_registers_convention_adapter(
 
     assert published.adapter.name == f"{CONVENTION_OWNER}/1"
     assert Path(stored.path, "adapter_model.safetensors").is_file()
-    assert stored.metrics["sft_steps"] > 0 and stored.metrics["steps"] > 0
+    assert stored.metrics["sft_steps"] > 0
+    assert stored.metrics["steps"] > 0
     assert set(published.evaluation) == {"base", "new"}
     assert (registry.active_version(CONVENTION_OWNER) == 1) is published.activated
-    assert messages[0].startswith("Mined ") and "4 dialogues" in messages[0]
+    assert messages[0].startswith("Mined ")
+    assert "4 dialogues" in messages[0]
     assert not list((settings.artifact_dir / CONVENTION_OWNER).glob(".work-*")), "the work folder is removed"
     assert CONVENTION_OWNER not in redis_client.smembers(Keys(settings.key_prefix).partners())
 
@@ -94,4 +96,5 @@ def test_corpus_convert_command(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Wrote 3 dialogues")
     assert len(output.read_text(encoding="utf-8").splitlines()) == 3
-    assert unknown.exit_code == 2 and "sharegpt" in unknown.output
+    assert unknown.exit_code == 2
+    assert "sharegpt" in unknown.output

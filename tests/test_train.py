@@ -74,7 +74,8 @@ def test_generalized_jsd_bounds() -> None:
 
     assert torch.allclose(generalized_jsd(student, student, 0.5), torch.zeros(5), atol=1e-6)
     assert torch.allclose(symmetric, generalized_jsd(teacher, student, 0.5), atol=1e-6)
-    assert bool((symmetric > 0).all()) and bool((symmetric <= torch.log(torch.tensor(2.0)) + 1e-6).all())
+    assert bool((symmetric > 0).all())
+    assert bool((symmetric <= torch.log(torch.tensor(2.0)) + 1e-6).all())
     assert torch.allclose(generalized_jsd(student, teacher, 1.0), teacher_kl, atol=1e-5)
 
 
@@ -123,7 +124,8 @@ def test_training_saves_lora_and_planning_row(
     )
     weights = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
 
-    assert result.sft_steps > 0 and result.steps > 0
+    assert result.sft_steps > 0
+    assert result.steps > 0
     assert any(name.endswith("trainable_tokens_delta") for name in weights)
     assert any("lora_A" in name for name in weights)
     assert not any("base_layer" in name for name in weights), "the full embedding matrix must not be saved"

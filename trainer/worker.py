@@ -163,7 +163,7 @@ def train_and_register(
 
     A partner (``owner``) continues from the active convention adapter; the convention adapter itself starts
     from the base model. Checkpoints live in a work folder named after ``work_name``, so running the same work
-    again (a requeued job) resumes from them; the folder is removed once the version is registered.
+    again (a requeued job) resumes from them. The folder is removed once the version is registered.
     """
     from trainer.evaluate import evaluate_versions, gate, split_pairs
     from trainer.train import train_convention_adapter
