@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from adapters.registry import AdapterVersion, adapter_model_id, fetch_adapters
+from adapters.registry import CONVENTION_OWNER, AdapterVersion, adapter_model_id, fetch_adapters
 from adapters.settings import ModelEntry
 from gateway import chat, completions, upstream
 from gateway.errors import APIError
@@ -27,6 +27,7 @@ async def create_chat_completion(
     services: ServicesDep,
     x_partner_id: Annotated[str | None, Header()] = None,
     x_session_id: Annotated[str | None, Header()] = None,
+    x_adapter: Annotated[str | None, Header()] = None,
 ) -> Response:
     partner = resolve_partner(
         header=x_partner_id,
@@ -34,7 +35,7 @@ async def create_chat_completion(
         safety_identifier=body.safety_identifier,
         anonymous_id=services.settings.anonymous_partner_id,
     )
-    route = await resolve_route(body.model, partner, services)
+    route = await resolve_route(body.model, partner, services, requested_adapter=x_adapter)
     if not route.is_local:
         return await upstream.serve_upstream_chat(body, route.entry, partner, x_session_id, services)
 
@@ -50,11 +51,12 @@ async def create_completion(
     body: CompletionRequest,
     services: ServicesDep,
     x_partner_id: Annotated[str | None, Header()] = None,
+    x_adapter: Annotated[str | None, Header()] = None,
 ) -> JSONResponse | StreamingResponse:
     partner = resolve_partner(
         header=x_partner_id, user=body.user, safety_identifier=None, anonymous_id=services.settings.anonymous_partner_id
     )
-    route = await resolve_route(body.model, partner, services)
+    route = await resolve_route(body.model, partner, services, requested_adapter=x_adapter)
     if not route.is_local:
         # TODO: forward legacy completions to OpenAI-compatible upstreams too.
         raise APIError(
@@ -88,11 +90,14 @@ def _adapter_object(adapter: AdapterVersion) -> dict[str, Any]:
 
 
 async def _partner_adapters(x_partner_id: str | None, services: Services) -> list[AdapterVersion]:
-    """Returns the calling partner's adapter versions; other partners' adapters are never listed."""
-    if not x_partner_id or services.settings.local_model is None:
+    """Returns the convention adapter versions and the calling partner's; other partners' are never listed."""
+    if services.settings.local_model is None:
         return []
-    validate_id(x_partner_id, param="X-Partner-ID", kind="partner id")
-    return await fetch_adapters(services.redis, services.keys, x_partner_id)
+    adapters = await fetch_adapters(services.redis, services.keys, CONVENTION_OWNER)
+    if x_partner_id:
+        validate_id(x_partner_id, param="X-Partner-ID", kind="partner id")
+        adapters += await fetch_adapters(services.redis, services.keys, x_partner_id)
+    return adapters
 
 
 @router.get("/models")

@@ -40,20 +40,35 @@ def model_not_found(model: str, services: Services) -> APIError:
     )
 
 
-async def resolve_route(model: str, partner: Partner, services: Services) -> Route:
-    """Returns how ``model`` is served for ``partner``; raises a 404 APIError for unknown models."""
+# Request header value that asks for the bare local model, without the partner's or the convention adapter.
+NO_ADAPTER_REQUESTED = "none"
+
+
+async def resolve_route(
+    model: str, partner: Partner, services: Services, *, requested_adapter: str | None = None
+) -> Route:
+    """Returns how ``model`` is served for ``partner``; raises a 404 APIError for unknown models.
+
+    ``requested_adapter`` is the request's X-Adapter header: ``none`` serves a local model without any adapter.
+    """
+    no_adapter = _wants_no_adapter(requested_adapter)
     entry = services.settings.find_model(model)
     if entry is not None:
-        return Route(entry=entry, adapter=await _active_adapter(entry, partner, services))
+        adapter = None if no_adapter else await _active_adapter(entry, partner, services)
+        return Route(entry=entry, adapter=adapter)
 
     parsed = parse_adapter_model_id(model)
     local = services.settings.local_model
-    if parsed is None or local is None or partner.anonymous:
+    if parsed is None or local is None:
         raise model_not_found(model, services)
 
     base, owner, version = parsed
-    # Another partner's adapter is reported as missing, so that ids of other partners cannot be probed.
-    adapter = await fetch_adapter(services.redis, services.keys, owner, version) if owner == partner.id else None
+    if owner != CONVENTION_OWNER and partner.anonymous:
+        raise model_not_found(model, services)
+    # Another partner's adapter is reported as missing, so that ids of other partners cannot be probed. Convention
+    # adapters are shared by every partner.
+    visible = owner in (partner.id, CONVENTION_OWNER)
+    adapter = await fetch_adapter(services.redis, services.keys, owner, version) if visible else None
     if adapter is None or base != local.model_name or adapter.base_model != base:
         raise model_not_found(model, services)
     if not adapter_files_present(adapter):
@@ -65,6 +80,20 @@ async def resolve_route(model: str, partner: Partner, services: Services) -> Rou
             code="adapter_unavailable",
         )
     return Route(entry=local, adapter=adapter)
+
+
+def _wants_no_adapter(requested_adapter: str | None) -> bool:
+    if requested_adapter is None:
+        return False
+    if requested_adapter.strip().lower() == NO_ADAPTER_REQUESTED:
+        return True
+    raise APIError(
+        400,
+        f"invalid X-Adapter header {requested_adapter!r}: send 'none' for the bare model, or name an adapter "
+        "version as the model (ft:<base>:<partner>:<version>)",
+        param="X-Adapter",
+        code="invalid_adapter_header",
+    )
 
 
 async def _active_adapter(entry: ModelEntry, partner: Partner, services: Services) -> AdapterVersion | None:

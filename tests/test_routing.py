@@ -42,15 +42,20 @@ def register_adapter(settings: Settings, model_path: str, partner_id: str, clien
     return adapter
 
 
-def ask(gateway: RunningGateway, partner: str) -> httpx.Response:
+def ask(
+    gateway: RunningGateway, partner: str, *, model: str = TINY_MODEL_NAME, headers: dict[str, str] | None = None
+) -> httpx.Response:
     body = {
-        "model": TINY_MODEL_NAME,
+        "model": model,
         "messages": [{"role": "user", "content": "Which one?"}],
         "max_tokens": 8,
         "temperature": 0,
     }
     return httpx.post(
-        f"{gateway.base_url}/v1/chat/completions", json=body, headers={"X-Partner-ID": partner}, timeout=60
+        f"{gateway.base_url}/v1/chat/completions",
+        json=body,
+        headers={"X-Partner-ID": partner, **(headers or {})},
+        timeout=60,
     )
 
 
@@ -115,3 +120,36 @@ def test_convention_adapter_serves_partners_without_their_own(
     assert served.headers["x-adapter"] == f"{CONVENTION_OWNER}/1"
     assert own.headers["x-adapter"] == "nora/1"
     assert partners.status_code == 400, "the convention adapter's owner is not a partner id"
+
+
+def test_no_adapter_header_serves_bare_model(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    bare = ask(gateway, "olga")
+    register_adapter(tiny_settings, tiny_model_path, "olga", redis_client)
+    forced = ask(gateway, "olga", headers={"X-Adapter": "none"})
+
+    assert forced.headers["x-adapter"] == "none"
+    assert forced.json()["choices"][0]["message"]["content"] == bare.json()["choices"][0]["message"]["content"]
+
+
+def test_unknown_adapter_header_is_rejected(gateway: RunningGateway) -> None:
+    response = ask(gateway, "pia", headers={"X-Adapter": "pia/1"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "X-Adapter"
+
+
+def test_convention_adapter_id_serves_every_partner(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    from adapters.registry import CONVENTION_OWNER
+
+    register_adapter(tiny_settings, tiny_model_path, "quinn", redis_client)
+    register_adapter(tiny_settings, tiny_model_path, CONVENTION_OWNER, redis_client)
+    model_id = f"ft:{TINY_MODEL_NAME}:{CONVENTION_OWNER}:1"
+    served = ask(gateway, "quinn", model=model_id)
+    listed = httpx.get(f"{gateway.base_url}/v1/models").json()["data"]
+
+    assert served.headers["x-adapter"] == f"{CONVENTION_OWNER}/1"
+    assert model_id in [model["id"] for model in listed]
