@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from adapters.settings import Settings, load_settings
+from clients.eval_cli import eval_app
 
 app = typer.Typer(help="OpenAI-compatible gateway that forms conventions with each partner.", no_args_is_help=True)
 
@@ -135,6 +136,7 @@ def post_train(
 
 corpus_app = typer.Typer(help="Dialogue corpora for post-training.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
+app.add_typer(eval_app, name="eval")
 
 
 @corpus_app.command("convert")
