@@ -173,10 +173,25 @@ class LocalEngine:
     def loaded_adapters(self) -> list[str]:
         return self._cache.loaded() if self._cache is not None else []
 
-    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Returns the token ids of ``messages`` rendered with the model's chat template."""
+    def chat_prompt_ids(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> list[int]:
+        """Returns the token ids of ``messages`` rendered with the model's chat template.
+
+        With ``continue_final_message`` the prompt ends inside the final (assistant) message, without its
+        end-of-turn token, so that generation continues that message.
+        """
         self._check_ready()
-        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        rendered = self.tokenizer.apply_chat_template(
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            tokenize=True,
+        )
         ids = rendered["input_ids"] if hasattr(rendered, "keys") else rendered
         return [int(token) for token in ids]
 

@@ -27,6 +27,11 @@ class Keys:
         """LIST of a session's turns as JSON, oldest first."""
         return f"{self.prefix}:partner:{partner_id}:session:{session_id}:turns"
 
+    def session_metrics(self, partner_id: str, session_id: str) -> str:
+        """STRING caching a session's computed efficiency metrics as JSON, valid while its turn_count is unchanged."""
+        # TODO: delete these entries with the partner's sessions once a partner DELETE endpoint exists.
+        return f"{self.prefix}:partner:{partner_id}:session:{session_id}:metrics"
+
     def conversation(self, partner_id: str, digest: str) -> str:
         """STRING mapping a conversation digest to the session it belongs to."""
         return f"{self.prefix}:partner:{partner_id}:conversation:{digest}"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import jinja2
 import redis
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -27,6 +28,7 @@ from adapters.engine import (
     TextDelta,
 )
 from adapters.registry import AdapterVersion
+from gateway.continuation import check_continuation, history_messages
 from gateway.errors import APIError, error_body
 from gateway.logprobs import chat_logprobs
 from gateway.partners import Partner, validate_id
@@ -64,6 +66,7 @@ class ChatContext:
     adapter: AdapterVersion | None
     created: int
     started_at: float
+    continue_final_message: bool = False
 
     @property
     def adapter_header(self) -> str:
@@ -140,11 +143,12 @@ async def prepare(
     body: ChatCompletionRequest, route: Route, partner: Partner, session_header: str | None, services: Services
 ) -> ChatContext:
     check_request(body)
+    check_continuation(body)
     engine = services.local_engine()
     check_capacity(engine)
 
     messages = body.plain_messages()
-    prompt_ids = engine.chat_prompt_ids(messages)
+    prompt_ids = rendered_prompt_ids(engine, messages, body)
     requested = body.max_completion_tokens or body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     params = sampling_params(
@@ -164,7 +168,12 @@ async def prepare(
     return ChatContext(
         request_id=f"chatcmpl-{secrets.token_hex(12)}",
         partner=partner,
-        session_id=await resolve_session_id(partner, messages, session_header, services),
+        session_id=await resolve_session_id(
+            partner,
+            history_messages(messages, continue_final_message=body.continue_final_message),
+            session_header,
+            services,
+        ),
         model=body.model,
         messages=messages,
         prompt_ids=prompt_ids,
@@ -173,7 +182,23 @@ async def prepare(
         adapter=route.adapter,
         created=int(time.time()),
         started_at=time.time(),
+        continue_final_message=body.continue_final_message,
     )
+
+
+def rendered_prompt_ids(engine: LocalEngine, messages: list[dict[str, str]], body: ChatCompletionRequest) -> list[int]:
+    """Applies the chat template with the request's generation prompt and continuation flags."""
+    try:
+        return engine.chat_prompt_ids(
+            messages,
+            add_generation_prompt=body.add_generation_prompt and not body.continue_final_message,
+            continue_final_message=body.continue_final_message,
+        )
+    except (ValueError, jinja2.TemplateError) as error:
+        param = "continue_final_message" if body.continue_final_message else "messages"
+        raise APIError(
+            400, f"the model's chat template cannot render these messages: {error}", param=param, code="invalid_value"
+        ) from error
 
 
 async def resolve_session_id(
@@ -339,7 +364,7 @@ async def record_turn(context: ChatContext, output: GenerationOutput, services: 
         request_id=context.request_id,
         partner_id=context.partner.id,
         session_id=context.session_id,
-        trainable=not context.partner.anonymous,
+        trainable=not context.partner.anonymous and not context.continue_final_message,
         model=context.model,
         adapter=context.adapter.name if context.adapter is not None else None,
         messages=context.messages,
@@ -349,6 +374,8 @@ async def record_turn(context: ChatContext, output: GenerationOutput, services: 
         created_at=context.started_at,
     )
     turn["planning_tokens"] = output.planning_tokens
+    if context.continue_final_message:
+        turn["continue_final_message"] = True
     await services.sessions.append_turn(turn)
     logger.debug(
         "Request %s: turn recorded (partner %s, session %s, adapter %s)",

@@ -12,6 +12,7 @@ from adapters.settings import ModelEntry
 from gateway import chat, completions, upstream
 from gateway.errors import APIError
 from gateway.partners import resolve_partner, validate_id
+from gateway.prometheus_middleware import note_model
 from gateway.routing import model_not_found, resolve_route
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services, get_services
@@ -29,6 +30,7 @@ async def create_chat_completion(
     x_session_id: Annotated[str | None, Header()] = None,
     x_adapter: Annotated[str | None, Header()] = None,
 ) -> Response:
+    note_model(request, body.model)
     partner = resolve_partner(
         header=x_partner_id,
         user=body.user,
@@ -48,11 +50,13 @@ async def create_chat_completion(
 
 @router.post("/completions", response_model=None)
 async def create_completion(
+    request: Request,
     body: CompletionRequest,
     services: ServicesDep,
     x_partner_id: Annotated[str | None, Header()] = None,
     x_adapter: Annotated[str | None, Header()] = None,
 ) -> JSONResponse | StreamingResponse:
+    note_model(request, body.model)
     partner = resolve_partner(
         header=x_partner_id, user=body.user, safety_identifier=None, anonymous_id=services.settings.anonymous_partner_id
     )

@@ -109,6 +109,10 @@ class ChatCompletionRequest(GenerationRequest):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     safety_identifier: str | None = None
     response_format: dict[str, Any] | None = None
+    # vLLM's chat template extensions. With continue_final_message the reply continues the final assistant
+    # message instead of starting a new one, which lets a client force the start of a reply.
+    add_generation_prompt: StrictBool = True
+    continue_final_message: StrictBool = False
 
     def plain_messages(self) -> list[dict[str, str]]:
         """Returns the messages as role/content pairs; ``developer`` messages become ``system`` messages."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from adapters.engine import LocalEngine
 from adapters.keys import Keys
 from adapters.registry import AdapterRegistry
 from adapters.settings import Settings
+from gateway.partner_tokens import add_partner_tokens, engine_counter
 from gateway.sessions import SessionStore
 from gateway.turn_writer import TurnWriter
 from trainer.jobs import JobStore
@@ -78,6 +80,7 @@ class Services:
             ),
         )
         sessions.on_trainable_turn = services.schedule_after_turn
+        sessions.prepare_turn = functools.partial(add_partner_tokens, counter=engine_counter(engine))
         return services
 
     async def schedule_after_turn(self, partner_id: str, new_turns: int) -> None:

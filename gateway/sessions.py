@@ -52,6 +52,19 @@ def history_prefix(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return []
 
 
+def conversation_after(turn: dict[str, Any]) -> list[dict[str, str]]:
+    """Returns the conversation after a stored turn, as a client resends it with its next request.
+
+    A turn that continued the final assistant message (``continue_final_message``) stores the partial message
+    among its request messages and only the continuation as its response, so the two are joined here.
+    """
+    messages, response = turn["messages"], turn["response"]
+    if not turn.get("continue_final_message"):
+        return [*messages, response]
+    partial = messages[-1]
+    return [*messages[:-1], {"role": partial["role"], "content": partial["content"] + response["content"]}]
+
+
 def new_session_id() -> str:
     return f"sess-{secrets.token_hex(12)}"
 
@@ -66,6 +79,10 @@ class SessionStore:
         self._append_script = client.register_script(_APPEND_TURN_SCRIPT)
         # Called after each stored trainable turn with the partner's count of turns since its last training job.
         self.on_trainable_turn: Callable[[str, int], Awaitable[None]] | None = None
+        # Called before a turn is serialized, to add derived fields such as the partner's token count.
+        self.prepare_turn: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        # Called after a turn is stored for the first time; a retried duplicate write does not call it.
+        self.on_turn_stored: Callable[[dict[str, Any]], None] | None = None
 
     async def find_session(self, partner_id: str, messages: list[dict[str, str]]) -> str | None:
         """Returns the session that ``messages`` continue, or None when they start a new conversation."""
@@ -82,7 +99,9 @@ class SessionStore:
         when the turn was already stored, which happens when a write whose reply was lost is retried.
         """
         partner_id, session_id = turn["partner_id"], turn["session_id"]
-        continued = [*turn["messages"], turn["response"]]
+        if self.prepare_turn is not None:
+            await self.prepare_turn(turn)
+        continued = conversation_after(turn)
         keys = [
             self.keys.session_turns(partner_id, session_id),
             self.keys.session(partner_id, session_id),
@@ -106,6 +125,8 @@ class SessionStore:
         new_turns = int(await self._append_script(keys=keys, args=arguments))
         if new_turns < 0:
             return False
+        if self.on_turn_stored is not None:
+            self.on_turn_stored(turn)
         if new_turns > 0 and self.on_trainable_turn is not None:
             await self.on_trainable_turn(partner_id, new_turns)
         return True

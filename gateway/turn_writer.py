@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.exceptions
 
-from gateway.sessions import SessionStore, conversation_digest, history_prefix
+from gateway.sessions import SessionStore, conversation_after, conversation_digest, history_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class TurnWriter:
 
     @staticmethod
     def _conversation_key(turn: dict[str, Any]) -> tuple[str, str]:
-        return turn["partner_id"], conversation_digest([*turn["messages"], turn["response"]])
+        return turn["partner_id"], conversation_digest(conversation_after(turn))
 
     async def flush(self) -> None:
         """Writes buffered turns in order until one fails."""

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from adapters.settings import ModelEntry
 from gateway.chat import NO_ADAPTER, resolve_session_id
+from gateway.continuation import check_continuation, history_messages
 from gateway.errors import APIError, error_body
 from gateway.partners import Partner
 from gateway.schemas import ChatCompletionRequest
@@ -97,6 +98,7 @@ class UpstreamCall:
     session_id: str = ""
     messages: list[dict[str, str]] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    continue_final_message: bool = False
 
     def redact(self, text: str) -> str:
         """Returns ``text`` without the API key, for upstream messages that echo it."""
@@ -165,6 +167,7 @@ async def serve_upstream_chat(
     body: ChatCompletionRequest, entry: ModelEntry, partner: Partner, session_header: str | None, services: Services
 ) -> JSONResponse | StreamingResponse:
     """Serves a chat completion from the entry's upstream backend and records the turn."""
+    check_continuation(body)
     call = UpstreamCall(request_id=f"chatcmpl-{secrets.token_hex(12)}", partner=partner, entry=entry)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     if entry.litellm_params.is_openai_compatible:
@@ -197,7 +200,9 @@ async def _resolve_session(
     body: ChatCompletionRequest, call: UpstreamCall, session_header: str | None, services: Services
 ) -> None:
     call.messages = body.plain_messages()
-    call.session_id = await resolve_session_id(call.partner, call.messages, session_header, services)
+    call.continue_final_message = body.continue_final_message
+    history = history_messages(call.messages, continue_final_message=body.continue_final_message)
+    call.session_id = await resolve_session_id(call.partner, history, session_header, services)
 
 
 def _config_error(entry: ModelEntry, problem: str) -> APIError:
@@ -585,6 +590,7 @@ def _litellm_arguments(body: ChatCompletionRequest, call: UpstreamCall) -> dict[
     messages = fields.pop("messages")
     for name in ("model", "stream", "stream_options"):
         fields.pop(name, None)
+    _drop_template_defaults(fields, params.provider)
     for name in fields:
         if name not in LITELLM_FIELDS:
             raise APIError(
@@ -607,6 +613,20 @@ def _litellm_arguments(body: ChatCompletionRequest, call: UpstreamCall) -> dict[
     if body.stream:
         arguments["stream_options"] = {"include_usage": True}
     return arguments
+
+
+def _drop_template_defaults(fields: dict[str, Any], provider: str) -> None:
+    """Drops vLLM's chat template flags at their defaults and rejects a continuation, which litellm cannot send."""
+    if fields.pop("continue_final_message", False):
+        raise APIError(
+            400,
+            f"continue_final_message is not supported for {provider!r} models, which are served through litellm; "
+            "use the local model or an OpenAI-compatible upstream such as vLLM",
+            param="continue_final_message",
+            code="unsupported_parameter",
+        )
+    if fields.get("add_generation_prompt") is True:
+        del fields["add_generation_prompt"]
 
 
 async def _complete_with_litellm(arguments: dict[str, Any], call: UpstreamCall, services: Services) -> JSONResponse:
@@ -726,11 +746,11 @@ async def _record(call: UpstreamCall, outcome: Outcome, services: Services) -> N
 
 
 def _turn(call: UpstreamCall, outcome: Outcome) -> dict[str, Any]:
-    return build_turn(
+    turn = build_turn(
         request_id=outcome.response_id or call.request_id,
         partner_id=call.partner.id,
         session_id=call.session_id,
-        trainable=not call.partner.anonymous,
+        trainable=not call.partner.anonymous and not call.continue_final_message,
         model=outcome.model or call.entry.litellm_params.target,
         adapter=None,
         messages=call.messages,
@@ -739,6 +759,11 @@ def _turn(call: UpstreamCall, outcome: Outcome) -> dict[str, Any]:
         usage=_usage(outcome.usage),
         created_at=call.started_at,
     )
+    if call.continue_final_message:
+        turn["continue_final_message"] = True
+    # ``model`` is the name the upstream reported, so the model_list entry that served is kept beside it.
+    turn["served_model"] = call.entry.model_name
+    return turn
 
 
 def _usage(raw: Any) -> dict[str, int]:

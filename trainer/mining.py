@@ -150,7 +150,8 @@ def session_transcript(turns: Sequence[Mapping[str, Any]]) -> list[Message]:
     whole conversation add only their new messages, and clients that send only new messages add all
     of them except a system message that is already in the transcript. A turn whose messages repeat
     the transcript without its last response (a regenerated response) replaces that response. A turn
-    whose response is None adds only its messages.
+    whose response is None adds only its messages. The response of a turn marked ``continue_final_message``
+    is joined to the partial assistant message that ends its request.
     """
     transcript: list[Message] = []
     for turn in turns:
@@ -159,8 +160,14 @@ def session_transcript(turns: Sequence[Mapping[str, Any]]) -> list[Message]:
             transcript.pop()
         transcript.extend(_new_messages(transcript, messages))
         response = turn.get("response")
-        if response is not None:
-            transcript.append(_plain_message(response, default_role="assistant"))
+        if response is None:
+            continue
+        reply = _plain_message(response, default_role="assistant")
+        if turn.get("continue_final_message") and transcript and transcript[-1]["role"] == "assistant":
+            # The response continues the partial assistant message that ends the request.
+            transcript[-1] = {**transcript[-1], "content": transcript[-1]["content"] + reply["content"]}
+        else:
+            transcript.append(reply)
     return transcript
 
 
