@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run worker serve demo test lint clean bench-env bench-overhead bench-serving
+.PHONY: install install-browser run worker serve demo test lint clean bench-env bench-overhead bench-serving
 
 install: $(INSTALLED)
 
@@ -28,6 +28,15 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium for tests/test_dashboard.py, from the Debian package registry (needs root). Without it that
+# test is skipped.
+install-browser:
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "Chromium is already installed at /usr/bin/chromium"; \
+	else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-liberation; \
+	fi
 
 lint: install
 	$(BIN)/ruff check gateway adapters trainer clients tests

@@ -12,7 +12,16 @@ from fastapi import FastAPI
 from adapters.base_model import resolve_model_path
 from adapters.engine import LocalEngine
 from adapters.settings import Settings
-from gateway import routes_adapter_import, routes_health, routes_jobs, routes_openai, routes_partners
+from gateway import (
+    routes_adapter_import,
+    routes_dashboard,
+    routes_health,
+    routes_jobs,
+    routes_metrics,
+    routes_openai,
+    routes_partners,
+    routes_tokenize,
+)
 from gateway.errors import install_error_handlers
 from gateway.services import Services
 
@@ -47,6 +56,7 @@ def create_app(settings: Settings, *, engine: LocalEngine | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, engine or build_engine(settings))
         app.state.services = services
+        services.sessions.on_turn_stored = app.state.prometheus.observe_turn
         services.turn_writer.start()
         engine_to_load = services.engine if services.engine is not None and not services.engine.ready else None
         loading = asyncio.create_task(_load_engine(engine_to_load)) if engine_to_load is not None else None
@@ -62,6 +72,8 @@ def create_app(settings: Settings, *, engine: LocalEngine | None = None) -> Fast
 
     app = FastAPI(title="convention-gateway", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    for module in (routes_openai, routes_partners, routes_adapter_import, routes_jobs, routes_health):
+    for module in (routes_openai, routes_partners, routes_adapter_import, routes_jobs, routes_health, routes_tokenize):
         app.include_router(module.router)
+    app.include_router(routes_dashboard.router)
+    routes_metrics.install(app, settings)
     return app
