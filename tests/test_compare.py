@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import redis
 from rich.console import Console
 
+from adapters.keys import Keys
 from adapters.registry import CONVENTION_OWNER
 from adapters.settings import Settings
 from clients.compare import CompareConfig, run_compare
 from clients.compare.admin import CompareError
 from tests.conftest import TINY_MODEL_NAME, RunningGateway
 from tests.test_routing import ask, register_adapter
+from trainer import worker
+from trainer.jobs import JobStore
 
 
 def compare_config(gateway: RunningGateway, tmp_path: Path, partner: str, **changes: object) -> CompareConfig:
@@ -85,3 +90,34 @@ def test_training_timeout_reported(gateway: RunningGateway, tmp_path: Path) -> N
     # No worker runs here, so the job that the played games start stays queued until the time limit.
     with pytest.raises(CompareError, match="still queued"):
         run_compare(config, console=Console(quiet=True))
+
+
+def run_first_job(settings: Settings, client: redis.Redis, stop: threading.Event) -> None:
+    """Runs the first training job that appears, as a worker would, so that it fails for lack of pairs."""
+    store = JobStore(client, Keys(settings.key_prefix))
+    while not stop.is_set():
+        jobs = store.open_jobs()
+        if jobs:
+            worker.configure(settings)
+            worker.run_training_job(jobs[0]["id"])
+            return
+        time.sleep(0.2)
+
+
+def test_failed_training_still_compares(
+    gateway: RunningGateway, tmp_path: Path, tiny_settings: Settings, redis_client: redis.Redis
+) -> None:
+    stop = threading.Event()
+    runner = threading.Thread(target=run_first_job, args=(tiny_settings, redis_client, stop), daemon=True)
+    runner.start()
+    config = compare_config(gateway, tmp_path, "uma", train_games=1, train_timeout_s=120)
+    try:
+        results = run_compare(config, console=Console(quiet=True))
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    table = (config.output_dir / "compare.md").read_text()
+
+    assert results["training"]["status"] == "failed"
+    assert [row["label"] for row in results["rows"]] == ["base"]
+    assert results["training"]["error"]["message"] in table

@@ -92,4 +92,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     for row in results["rows"]:
         cells = [row["label"], f"`{row['model']}`", *(_cell(row[key], digits) for key, _, digits in COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
+    training = results.get("training")
+    if training is not None:
+        outcome = f"Training job {training['job_id']} for the partner adapter ended {training['status']}"
+        error = training.get("error")
+        lines += ["", f"{outcome}: {error['message']}" if error else f"{outcome}."]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -14,9 +14,9 @@ logger = logging.getLogger(__name__)
 
 MAX_WORDS = 15
 SPEAKER_SYSTEM_PROMPT = (
-    "You are the speaker in a reference game with the same partner over many rounds. Each round shows four items "
-    "and names the target. Write one message of fewer than {max_words} words that lets your partner pick the "
-    "target. Never write any item's name or a part of it. Reply with the message only."
+    "You play a guessing game with the same partner for many rounds. Each round, describe the target object in "
+    "fewer than {max_words} words without saying its name or the other objects' names. Reply with the description "
+    "only."
 )
 
 
@@ -84,9 +84,13 @@ class Speaker:
             self.bias = build_logit_bias(forbidden_words(context), tokenizer, cap=bias_cap)
 
     def _instruction(self, target: str) -> str:
+        # Small models answer the last sentence they read, so the request to describe comes last.
         items = ", ".join(self.context.words)
-        forbidden = ", ".join(forbidden_words(self.context))
-        return f"{self.feedback}Items: {items}. Target: {target}. Forbidden words: {forbidden}. Your message:"
+        return f"{self.feedback}Objects: {items}. Describe the {target} without saying {self._forbidden_list()}."
+
+    def _forbidden_list(self) -> str:
+        words = forbidden_words(self.context)
+        return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
     def describe(self, target: str) -> SpeakerTurn:
         """Gets a message for ``target``, asking again up to ``max_retries`` times while it breaks a rule."""
@@ -108,7 +112,7 @@ class Speaker:
             if problem is None or turn.attempts > self.max_retries:
                 break
             turn.rejected.append(turn.message)
-            request = f"That message {problem}. Write a new message for the target {target}:"
+            request = f"That message {problem}. Describe the {target} again without saying {self._forbidden_list()}."
 
         self.conversation.end_trial()
         return turn
