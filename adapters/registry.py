@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,11 +158,15 @@ def adapter_model_id(adapter: AdapterVersion) -> str:
     return f"ft:{adapter.base_model}:{adapter.partner_id}:{adapter.version}"
 
 
+# An adapter version in a model id: ASCII digits without a leading zero, short enough for any version count.
+_VERSION = re.compile(r"[1-9][0-9]{0,8}")
+
+
 def parse_adapter_model_id(model: str) -> tuple[str, str, int] | None:
     """Splits ``ft:<base>:<partner>:<version>`` into its parts; returns None for other model names."""
     if not model.startswith("ft:"):
         return None
     parts = model[3:].rsplit(":", 2)
-    if len(parts) != 3 or not parts[2].isdigit():
+    if len(parts) != 3 or _VERSION.fullmatch(parts[2]) is None:
         return None
     return parts[0], parts[1], int(parts[2])

@@ -194,6 +194,11 @@ class Settings(BaseSettings):
         description="Maximum total uncompressed size in bytes of an imported adapter archive. The request body may "
         "exceed it only by a small allowance for archive and multipart headers.",
     )
+    max_request_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes; larger requests get a 413. Adapter imports have their own limit.",
+    )
     max_adapter_rank: int = Field(default=64, ge=1, description="Maximum LoRA rank r of an imported adapter.")
     anonymous_partner_id: str = "anonymous"
     conversation_index_ttl_s: int = Field(

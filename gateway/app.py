@@ -22,7 +22,9 @@ from gateway import (
     routes_partners,
     routes_tokenize,
 )
+from gateway.body_limit import BodySizeLimitMiddleware
 from gateway.errors import install_error_handlers
+from gateway.routes_adapter_import import IMPORT_PATH_SUFFIX
 from gateway.services import Services
 
 logger = logging.getLogger(__name__)
@@ -75,5 +77,9 @@ def create_app(settings: Settings, *, engine: LocalEngine | None = None) -> Fast
     for module in (routes_openai, routes_partners, routes_adapter_import, routes_jobs, routes_health, routes_tokenize):
         app.include_router(module.router)
     app.include_router(routes_dashboard.router)
+    # Added before the metrics middleware, so that it runs inside it and rejected bodies are counted too.
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes, exempt_suffixes=(IMPORT_PATH_SUFFIX,)
+    )
     routes_metrics.install(app, settings)
     return app

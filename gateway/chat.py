@@ -67,6 +67,9 @@ class ChatContext:
     created: int
     started_at: float
     continue_final_message: bool = False
+    # False when the prompt did not end with the assistant's header (a continued or raw rendering): such a turn's
+    # reply was shaped by the client, so it is stored but never trained on.
+    generation_prompt_added: bool = True
 
     @property
     def adapter_header(self) -> str:
@@ -148,7 +151,8 @@ async def prepare(
     check_capacity(engine)
 
     messages = body.plain_messages()
-    prompt_ids = rendered_prompt_ids(engine, messages, body)
+    # Rendering and tokenizing a long conversation takes a while, so it runs off the event loop.
+    prompt_ids = await asyncio.to_thread(rendered_prompt_ids, engine, messages, body)
     requested = body.max_completion_tokens or body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     params = sampling_params(
@@ -183,6 +187,7 @@ async def prepare(
         created=int(time.time()),
         started_at=time.time(),
         continue_final_message=body.continue_final_message,
+        generation_prompt_added=body.add_generation_prompt and not body.continue_final_message,
     )
 
 
@@ -216,10 +221,11 @@ async def resolve_session_id(
 async def complete(context: ChatContext, services: Services, request: Request) -> Response:
     engine = services.local_engine()
     outputs = []
-    async with cancel_on_disconnect(request) as cancel:
+    async with cancel_on_disconnect(request) as disconnect:
         for index in range(context.choices):
             try:
                 params = context.choice_params(index)
+                cancel = disconnect.new_event()
                 outputs.append(await engine.generate(context.prompt_ids, params, context.adapter, cancel=cancel))
             except (ContextLengthError, EngineNotReadyError, EngineOverloadedError) as error:
                 raise engine_errors_to_api(error) from error
@@ -251,20 +257,43 @@ async def complete(context: ChatContext, services: Services, request: Request) -
     return JSONResponse(body, headers=context.headers())
 
 
+class DisconnectSignal:
+    """Hands out one cancel event per generation and sets all of them when the client disconnects.
+
+    Each generation needs its own event, because the engine sets the event it was given when that generation ends.
+    """
+
+    def __init__(self) -> None:
+        self.disconnected = False
+        self._events: list[threading.Event] = []
+
+    def new_event(self) -> threading.Event:
+        event = threading.Event()
+        if self.disconnected:
+            event.set()
+        self._events.append(event)
+        return event
+
+    def set(self) -> None:
+        self.disconnected = True
+        for event in self._events:
+            event.set()
+
+
 @contextlib.asynccontextmanager
-async def cancel_on_disconnect(request: Request) -> AsyncIterator[threading.Event]:
-    """Yields an event that is set when the client disconnects, so that generation stops early."""
-    cancel = threading.Event()
+async def cancel_on_disconnect(request: Request) -> AsyncIterator[DisconnectSignal]:
+    """Yields a signal whose events are set when the client disconnects, so that generation stops early."""
+    signal = DisconnectSignal()
 
     async def watch() -> None:
         # Starlette only offers polling: is_disconnected() reads the pending ASGI messages without waiting.
         while not await request.is_disconnected():  # noqa: ASYNC110
             await asyncio.sleep(DISCONNECT_POLL_S)
-        cancel.set()
+        signal.set()
 
     watcher = asyncio.create_task(watch())
     try:
-        yield cancel
+        yield signal
     finally:
         watcher.cancel()
 
@@ -364,7 +393,7 @@ async def record_turn(context: ChatContext, output: GenerationOutput, services: 
         request_id=context.request_id,
         partner_id=context.partner.id,
         session_id=context.session_id,
-        trainable=not context.partner.anonymous and not context.continue_final_message,
+        trainable=not context.partner.anonymous and context.generation_prompt_added,
         model=context.model,
         adapter=context.adapter.name if context.adapter is not None else None,
         messages=context.messages,

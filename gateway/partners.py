@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from adapters.ids import ID_RULE, is_valid_id
 from gateway.errors import APIError
 
 PARTNER_HEADER = "x-partner-id"
 SESSION_HEADER = "x-session-id"
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
-ID_RULE = "1-128 characters from A-Z a-z 0-9 . _ @ -, starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -23,7 +21,7 @@ class Partner:
 
 
 def validate_id(value: str, *, param: str, kind: str) -> str:
-    if not _ID_PATTERN.fullmatch(value):
+    if not is_valid_id(value):
         raise APIError(400, f"invalid {kind} {value!r}: use {ID_RULE}", param=param, code="invalid_value")
     return value
 

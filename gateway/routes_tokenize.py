@@ -6,6 +6,7 @@ served tokenizer's ids. Upstream models have no tokenizer on the gateway, so the
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
@@ -96,8 +97,6 @@ def _chat_ids(engine: LocalEngine, body: TokenizeRequest) -> list[int]:
 
 def _prompt_ids(engine: LocalEngine, body: TokenizeRequest) -> list[int]:
     add_special_tokens = True if body.add_special_tokens is None else body.add_special_tokens
-    # TODO: move tokenization to a worker thread (or cap the prompt size) if long prompts stall the event loop;
-    # chat requests tokenize on the event loop in the same way.
     encoded = engine.tokenizer(body.prompt, add_special_tokens=add_special_tokens)
     return [int(token) for token in encoded["input_ids"]]
 
@@ -108,7 +107,9 @@ async def tokenize(
 ) -> dict[str, Any]:
     """Returns the token ids of a prompt or chat as the local model tokenizes it, and its context window size."""
     engine = await _local_engine_for(body.model, services, x_partner_id)
-    ids = _chat_ids(engine, body) if body.messages is not None else _prompt_ids(engine, body)
+    # Long prompts take seconds to tokenize, so that work runs off the event loop.
+    to_ids = _chat_ids if body.messages is not None else _prompt_ids
+    ids = await asyncio.to_thread(to_ids, engine, body)
 
     result: dict[str, Any] = {"count": len(ids), "max_model_len": engine.context_length, "tokens": ids}
     if body.return_token_strs:

@@ -61,6 +61,14 @@ async def resolve_route(
     local = services.settings.local_model
     if parsed is None or local is None:
         raise model_not_found(model, services)
+    if no_adapter:
+        raise APIError(
+            400,
+            f"X-Adapter: none asks for the bare model, but model {model!r} names an adapter version; send the base "
+            f"model {local.model_name!r} with X-Adapter: none, or drop the header",
+            param="X-Adapter",
+            code="invalid_adapter_header",
+        )
 
     base, owner, version = parsed
     if owner != CONVENTION_OWNER and partner.anonymous:

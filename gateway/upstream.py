@@ -99,6 +99,8 @@ class UpstreamCall:
     messages: list[dict[str, str]] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     continue_final_message: bool = False
+    # False when the client shaped the start of the reply; such turns are stored but never trained on.
+    generation_prompt_added: bool = True
 
     def redact(self, text: str) -> str:
         """Returns ``text`` without the API key, for upstream messages that echo it."""
@@ -201,6 +203,7 @@ async def _resolve_session(
 ) -> None:
     call.messages = body.plain_messages()
     call.continue_final_message = body.continue_final_message
+    call.generation_prompt_added = body.add_generation_prompt and not body.continue_final_message
     history = history_messages(call.messages, continue_final_message=body.continue_final_message)
     call.session_id = await resolve_session_id(call.partner, history, session_header, services)
 
@@ -750,7 +753,7 @@ def _turn(call: UpstreamCall, outcome: Outcome) -> dict[str, Any]:
         request_id=outcome.response_id or call.request_id,
         partner_id=call.partner.id,
         session_id=call.session_id,
-        trainable=not call.partner.anonymous and not call.continue_final_message,
+        trainable=not call.partner.anonymous and call.generation_prompt_added,
         model=outcome.model or call.entry.litellm_params.target,
         adapter=None,
         messages=call.messages,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import openai
 import pytest
@@ -271,3 +273,40 @@ def test_openai_client_cancels_job(gateway: RunningGateway) -> None:
     assert cancelled.status == "cancelled"
     assert again.status_code == 400
     assert again.json()["error"]["code"] == "job_not_cancellable"
+
+
+def test_oversize_body_rejected_413(gateway: RunningGateway, tiny_settings: Settings) -> None:
+    text = "word " * (tiny_settings.max_request_body_bytes // 5 + 1)
+    body = {"model": TINY_MODEL_NAME, "messages": [{"role": "user", "content": text}]}
+    response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=60)
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_chunked_oversize_body_rejected(gateway: RunningGateway, tiny_settings: Settings) -> None:
+    chunk = b"x" * 65536
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(tiny_settings.max_request_body_bytes // len(chunk) + 2):
+            yield chunk
+
+    response = httpx.post(f"{gateway.base_url}/tokenize", content=chunks(), timeout=60)
+
+    assert response.status_code == 413
+
+
+def test_extra_choices_not_empty(gateway: RunningGateway) -> None:
+    body = {
+        "model": TINY_MODEL_NAME,
+        "messages": [{"role": "user", "content": "Say something."}],
+        "max_tokens": 5,
+        "n": 3,
+        "temperature": 1.0,
+        "seed": 1,
+    }
+    response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=60).json()
+    generated = sum(len(choice["message"]["content"]) > 0 for choice in response["choices"])
+
+    assert generated == 3
+    assert response["usage"]["completion_tokens"] > 5

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
 from adapters.keys import Keys
@@ -153,3 +154,20 @@ def test_convention_adapter_id_serves_every_partner(
 
     assert served.headers["x-adapter"] == f"{CONVENTION_OWNER}/1"
     assert model_id in [model["id"] for model in listed]
+
+
+def test_no_adapter_header_conflicts_with_ft_id(
+    gateway: RunningGateway, tiny_settings: Settings, tiny_model_path: str, redis_client: redis.Redis
+) -> None:
+    register_adapter(tiny_settings, tiny_model_path, "rosa", redis_client)
+    response = ask(gateway, "rosa", model=f"ft:{TINY_MODEL_NAME}:rosa:1", headers={"X-Adapter": "none"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "X-Adapter"
+
+
+@pytest.mark.parametrize("version", ["01", "\u00b2", "\u0661", "9" * 5000])
+def test_odd_version_ids_not_found(gateway: RunningGateway, version: str) -> None:
+    response = ask(gateway, "rosa", model=f"ft:{TINY_MODEL_NAME}:rosa:{version}")
+
+    assert response.status_code == 404
