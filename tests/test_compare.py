@@ -7,16 +7,19 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from rich.console import Console
+from typer.testing import CliRunner
 
 from adapters.keys import Keys
 from adapters.registry import CONVENTION_OWNER
 from adapters.settings import Settings
+from clients.cli import app
 from clients.compare import CompareConfig, run_compare
-from clients.compare.admin import CompareError
-from tests.conftest import TINY_MODEL_NAME, RunningGateway
+from clients.compare.admin import CompareError, GatewayAdmin
+from tests.conftest import TINY_MODEL_NAME, RunningGateway, free_port
 from tests.test_routing import ask, register_adapter
 from trainer import worker
 from trainer.jobs import JobStore
@@ -121,3 +124,37 @@ def test_failed_training_still_compares(
     assert results["training"]["status"] == "failed"
     assert [row["label"] for row in results["rows"]] == ["base"]
     assert results["training"]["error"]["message"] in table
+
+
+def test_admin_escapes_partner_in_paths() -> None:
+    paths: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.raw_path.decode())
+        if request.method == "POST":
+            return httpx.Response(200, json={"id": "ftjob-1", "status": "queued"})
+        return httpx.Response(200, json={"active_version": None, "data": [{"version": 2}]})
+
+    admin = GatewayAdmin("http://gateway.test/v1")
+    admin.http = httpx.Client(transport=httpx.MockTransport(handle))
+
+    assert admin.partner_version("carol#x") == 2
+    assert admin.start_training("x/../../partners/bob") == "ftjob-1"
+    assert paths == [
+        "/v1/partners/carol%23x/adapters",
+        "/v1/partners/x%2F..%2F..%2Fpartners%2Fbob/adapters",
+    ]
+
+
+@pytest.mark.parametrize("partner", ["carol#x", "x/../../partners/bob", "bad id", "p" * 129])
+def test_compare_rejects_invalid_partner(tmp_path: Path, partner: str) -> None:
+    with pytest.raises(ValueError, match="invalid partner id"):
+        CompareConfig(model=TINY_MODEL_NAME, partner_id=partner, output_dir=tmp_path / "compare")
+
+
+def test_compare_command_invalid_partner(tmp_path: Path) -> None:
+    arguments = ["eval", "compare", "--partner", "carol#x", "--train-games", "0", "--output", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*arguments, "--base-url", f"http://127.0.0.1:{free_port()}/v1"])
+
+    assert result.exit_code == 2, result.output
+    assert "invalid partner id" in result.output

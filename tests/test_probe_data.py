@@ -115,3 +115,34 @@ def test_empty_file_rejected(tmp_path: Path) -> None:
 
     with pytest.raises(ProbeDataError, match="no items"):
         load_items(path)
+
+
+def test_deeply_nested_line_rejected(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "items.jsonl", json.dumps(valid_record()), "[" * 100_000 + "]" * 100_000)
+
+    with pytest.raises(ProbeDataError, match="nested too deeply") as caught:
+        load_items(path)
+    assert caught.value.line == 2
+
+
+def test_folder_as_probe_file_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ProbeDataError, match="is a folder"):
+        load_items(tmp_path)
+
+
+def test_invalid_utf8_names_line(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(json.dumps(valid_record()).encode() + b"\n\xff\xfe{bad}\n")
+
+    with pytest.raises(ProbeDataError, match="not valid UTF-8") as caught:
+        load_items(path)
+    assert caught.value.line == 2
+    assert str(path) in str(caught.value)
+
+
+def test_byte_order_mark_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(valid_record()).encode() + b"\n")
+
+    (item,) = load_items(path)
+    assert item.id == "mug-1"

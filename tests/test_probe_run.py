@@ -12,10 +12,12 @@ from typer.testing import CliRunner
 
 from clients.eval_cli import eval_app
 from clients.probe import ProbeConfig, load_items, parse_model, run_probe
-from clients.probe.client import UnknownModelError
+from clients.probe.client import GatewayUnreachableError, ProbeClient, UnknownModelError
 from clients.probe.report import CSV_NAME, JSON_NAME, write_outputs
 from clients.probe.scoring import score_completion
-from tests.conftest import TINY_MODEL_NAME, RunningGateway
+from clients.refgame.outputs import OutputDirError
+from clients.retry import RetryPolicy
+from tests.conftest import TINY_MODEL_NAME, RunningGateway, free_port
 
 PARTNER = "probe-test-partner"
 
@@ -133,3 +135,72 @@ def test_probe_command_unreachable_gateway(few_items: Path) -> None:
 
     assert result.exit_code == 3
     assert "cannot connect to the gateway" in result.output
+
+
+def test_probe_client_retries_unavailable_gateway() -> None:
+    answers = [
+        httpx.Response(503, headers={"Retry-After": "5"}, json={"error": {"message": "model loading"}}),
+        httpx.Response(429, json={"error": {"message": "too many requests"}}),
+        httpx.Response(200, json={"choices": [{"message": {"content": " the mug"}, "finish_reason": "stop"}]}),
+    ]
+    sleeps: list[float] = []
+    client = ProbeClient(
+        "http://gateway.test/v1", partner_id=PARTNER, timeout_s=5, retry=RetryPolicy(sleep=sleeps.append)
+    )
+    client.http = httpx.Client(transport=httpx.MockTransport(lambda request: answers.pop(0)))
+
+    continuation = client.continue_reply(parse_model("m"), [{"role": "user", "content": "hi"}], "I use", max_tokens=4)
+
+    assert continuation.text == " the mug"
+    assert sleeps == [5.0, 2.0]
+
+
+def test_probe_client_refused_connection_not_retried() -> None:
+    sleeps: list[float] = []
+    client = ProbeClient(
+        f"http://127.0.0.1:{free_port()}/v1", partner_id=PARTNER, timeout_s=5, retry=RetryPolicy(sleep=sleeps.append)
+    )
+
+    with pytest.raises(GatewayUnreachableError):
+        client.check_model(parse_model("m"))
+    assert sleeps == []
+
+
+def test_probe_checks_output_before_requests(few_items: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    config = ProbeConfig(
+        models=[parse_model("m")],
+        dialogues_path=few_items,
+        base_url=f"http://127.0.0.1:{free_port()}/v1",
+        output_dir=blocker / "out",
+    )
+
+    with pytest.raises(OutputDirError, match="is not writable"):
+        run_probe(config)
+
+
+def test_probe_command_unwritable_output(few_items: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    arguments = ["probe", "--model", "m", "--dialogues", str(few_items), "--output", str(blocker / "out")]
+    result = CliRunner().invoke(eval_app, [*arguments, "--base-url", f"http://127.0.0.1:{free_port()}/v1"])
+
+    assert result.exit_code == 2, result.output
+    assert "is not writable" in " ".join(result.output.split())
+
+
+def test_probe_command_invalid_partner(few_items: Path) -> None:
+    arguments = ["probe", "--model", "m", "--dialogues", str(few_items), "--partner", "bad id"]
+    result = CliRunner().invoke(eval_app, [*arguments, "--base-url", f"http://127.0.0.1:{free_port()}/v1"])
+
+    assert result.exit_code == 2, result.output
+    assert "invalid partner id 'bad id'" in " ".join(result.output.split())
+
+
+def test_probe_command_folder_as_dialogues(tmp_path: Path) -> None:
+    arguments = ["probe", "--model", "m", "--dialogues", str(tmp_path)]
+    result = CliRunner().invoke(eval_app, [*arguments, "--base-url", f"http://127.0.0.1:{free_port()}/v1"])
+
+    assert result.exit_code == 2, result.output
+    assert "is a folder" in " ".join(result.output.split())

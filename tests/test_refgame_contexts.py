@@ -138,3 +138,37 @@ def test_unknown_suffix_rejected(tmp_path: Path) -> None:
 def test_empty_context_list_rejected(tmp_path: Path) -> None:
     with pytest.raises(ContextsFormatError, match="contains no contexts"):
         load_contexts(write_json(tmp_path, {"contexts": []}))
+
+
+def test_csv_with_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = tmp_path / "contexts.csv"
+    rows = ["k,household,teapot,tea;pot", "k,household,mug,", "k,household,saucepan,sauce;pan", "k,household,jug,"]
+    path.write_bytes(b"\xef\xbb\xbf" + (CSV_HEADER + "\n".join(rows) + "\n").encode())
+
+    contexts = load_contexts(path)
+
+    assert contexts[0].id == "k"
+    assert contexts[0].words == ["teapot", "mug", "saucepan", "jug"]
+
+
+def test_deeply_nested_json_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "contexts.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+
+    with pytest.raises(ContextsFormatError, match="nested too deeply"):
+        load_contexts(path)
+
+
+def test_folder_as_contexts_file_rejected(tmp_path: Path) -> None:
+    folder = tmp_path / "contexts.json"
+    folder.mkdir()
+
+    with pytest.raises(ContextsFormatError, match="is a folder"):
+        load_contexts(folder)
+
+
+def test_context_id_with_newline_rejected(tmp_path: Path) -> None:
+    path = write_json(tmp_path, [{**KITCHEN, "id": "kitchen\n"}])
+
+    with pytest.raises(ContextsFormatError, match="invalid id"):
+        load_contexts(path)

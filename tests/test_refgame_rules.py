@@ -55,6 +55,31 @@ def test_violations_found_in_messages(message: str, expected: list[str]) -> None
     assert find_violations(message, KITCHEN) == expected
 
 
+TOYS = Context(
+    id="toys",
+    category="toys",
+    items=(Item("yo-yo"), Item("kite"), Item("ice cream"), Item("t-shirt")),
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("the yo-yo", ["yo-yo"]),
+        ("a T-shirt please", ["t-shirt"]),
+        ("two Yo-Yos", ["yo-yo"]),
+        ("the yo-yo's string", ["yo-yo"]),
+        ("a yo yo", ["yo-yo"]),
+        ("a yoyo", ["yo-yo"]),
+        ("clean tshirts", ["t-shirt"]),
+        ("a shirt you wear", []),
+        ("yo, over there", []),
+    ],
+)
+def test_hyphenated_items_found(message: str, expected: list[str]) -> None:
+    assert find_violations(message, TOYS) == expected
+
+
 def test_forbidden_words_list_items_first() -> None:
     assert forbidden_words(KITCHEN) == ["teapot", "mug", "knife", "ant", "tea", "pot", "knives"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -50,7 +51,7 @@ class GatewayAdmin:
 
     def partner_version(self, partner_id: str) -> int | None:
         """Returns the partner's active adapter version, else its newest one, else None."""
-        listing = self._get(f"/partners/{partner_id}/adapters")
+        listing = self._get(f"/partners/{_segment(partner_id)}/adapters")
         if listing.get("active_version") is not None:
             return int(listing["active_version"])
         versions = [int(adapter["version"]) for adapter in listing["data"]]
@@ -59,11 +60,11 @@ class GatewayAdmin:
     def start_training(self, partner_id: str) -> str:
         """Starts a training job for the partner, or returns the one already open; returns its id."""
         try:
-            response = self.http.post(f"{self.base_url}/partners/{partner_id}/adapters")
+            response = self.http.post(f"{self.base_url}/partners/{_segment(partner_id)}/adapters")
         except httpx.TransportError as error:
             raise CompareError(f"no gateway responds at {self.base_url} ({error})") from error
         if response.status_code == 409:
-            open_job = self._get(f"/partners/{partner_id}").get("open_job")
+            open_job = self._get(f"/partners/{_segment(partner_id)}").get("open_job")
             if open_job:
                 return str(open_job)
         if response.status_code >= 400:
@@ -94,6 +95,11 @@ class GatewayAdmin:
                     "(convention-gateway worker)? Raise --train-timeout for slow machines"
                 )
             time.sleep(POLL_INTERVAL_S)
+
+
+def _segment(value: str) -> str:
+    """Percent-encodes ``value`` as one URL path segment, so '/', '#' and '?' cannot change the path."""
+    return quote(value, safe="")
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -18,7 +18,8 @@ from rich.console import Console
 from adapters.registry import CONVENTION_OWNER
 from clients.compare.admin import CompareError, GatewayAdmin
 from clients.compare.report import comparison_rows, comparison_table, write_markdown
-from clients.probe import ModelSpec, ProbeConfig, run_probe
+from clients.options import check_base_url, check_partner_id
+from clients.probe import ProbeConfig, run_probe
 from clients.probe.data import DEFAULT_DIALOGUES_PATH
 from clients.probe.report import write_outputs as write_probe_outputs
 from clients.refgame.config import RefGameConfig, SpeakerSpec
@@ -59,6 +60,8 @@ class CompareConfig:
             raise ValueError(f"train_games must not be negative, got {self.train_games}")
         if self.partner_id == CONVENTION_OWNER:
             raise ValueError(f"{CONVENTION_OWNER!r} owns the convention adapter and is not a partner id")
+        check_partner_id(self.partner_id, with_listener=self.listener != EMBEDDING_LISTENER)
+        check_base_url(self.base_url)
 
 
 def run_compare(config: CompareConfig, *, console: Console) -> dict[str, Any]:
@@ -124,7 +127,7 @@ def _game_config(config: CompareConfig, speakers: list[SpeakerSpec], output: Pat
 
 def _probe_config(config: CompareConfig, speakers: list[SpeakerSpec]) -> ProbeConfig:
     return ProbeConfig(
-        models=[ModelSpec(label=s.label, model=s.model, bare=s.bare) for s in speakers],
+        models=list(speakers),
         dialogues_path=config.dialogues_path,
         partner_id=config.partner_id,
         base_url=config.base_url,

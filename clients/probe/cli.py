@@ -12,6 +12,7 @@ from clients.probe.config import ProbeConfig, parse_model
 from clients.probe.data import ProbeDataError
 from clients.probe.report import summary_table, write_outputs
 from clients.probe.runner import run_probe
+from clients.refgame.outputs import OutputDirError
 
 # Exit statuses shared with the reference game command.
 EXIT_INVALID_INPUT = 2
@@ -51,6 +52,8 @@ def run_command(
         if dialogues is not None:
             config.dialogues_path = dialogues
         results = run_probe(config, console=console)
+    except OutputDirError as error:
+        raise _fail(console, str(error), EXIT_INVALID_INPUT) from error
     except FileNotFoundError as error:
         raise _fail(console, f"dialogues file not found: {error.filename}", EXIT_INVALID_INPUT) from error
     except (ProbeDataError, UnknownModelError, ValueError) as error:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from clients.probe.config import ModelSpec
+from clients.retry import RetryPolicy, send_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +46,11 @@ def _error_message(response: httpx.Response) -> tuple[str, str | None]:
 class ProbeClient:
     """A client of one gateway. ``base_url`` is its OpenAI base URL, ending in ``/v1``."""
 
-    def __init__(self, base_url: str, *, partner_id: str, timeout_s: float) -> None:
+    def __init__(self, base_url: str, *, partner_id: str, timeout_s: float, retry: RetryPolicy | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.partner_id = partner_id
         self.http = httpx.Client(timeout=timeout_s)
+        self.retry = retry or RetryPolicy()
 
     def close(self) -> None:
         self.http.close()
@@ -56,7 +58,7 @@ class ProbeClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         url = f"{self.base_url}{path}"
         try:
-            return self.http.request(method, url, **kwargs)
+            return send_with_retries(self.http, method, url, policy=self.retry, **kwargs)
         except httpx.TransportError as error:
             raise GatewayUnreachableError(
                 f"cannot connect to the gateway at {self.base_url} ({type(error).__name__}: {error}); start it with "

@@ -6,36 +6,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clients.options import check_base_url, check_partner_id
 from clients.probe.data import DEFAULT_DIALOGUES_PATH
+from clients.served_model import ServedModel, parse_served_model
 
-BARE_SUFFIX = "@none"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_PARTNER_ID = "remention-probe"
 # Enough tokens for a mention of up to about ten words, because the scorer reads only the first words.
 DEFAULT_MAX_TOKENS = 24
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model to probe: the served model id, its label in outputs, and whether to force the bare model."""
-
-    label: str
-    model: str
-    bare: bool = False
+# The names stay for callers of this module.
+ModelSpec = ServedModel
 
 
-def parse_model(value: str) -> ModelSpec:
+def parse_model(value: str) -> ServedModel:
     """Parses ``[LABEL=]MODEL[@none]``; ``@none`` requests the bare model (``X-Adapter: none``)."""
-    label, separator, model = value.partition("=")
-    if not separator:
-        label, model = "", value
-    model = model.strip()
-    bare = model.endswith(BARE_SUFFIX)
-    if bare:
-        model = model.removesuffix(BARE_SUFFIX)
-    if not model:
-        raise ValueError(f"invalid model {value!r}: expected [LABEL=]MODEL[@none], for example base=smollm2@none")
-    return ModelSpec(label=label.strip() or value.strip(), model=model, bare=bare)
+    return parse_served_model(value, kind="model")
 
 
 @dataclass
@@ -62,8 +49,8 @@ class ProbeConfig:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be at least 1, got {self.limit}")
-        if not self.partner_id.strip():
-            raise ValueError("partner_id must not be empty")
+        check_partner_id(self.partner_id)
+        check_base_url(self.base_url)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -58,12 +58,22 @@ class ProbeItem:
 def load_items(path: Path = DEFAULT_DIALOGUES_PATH) -> list[ProbeItem]:
     """Reads and validates a probe file.
 
-    Raises ProbeDataError at the first invalid line, and FileNotFoundError when the file does not exist.
+    Raises ProbeDataError at the first invalid line or when the path cannot be read as a file, and
+    FileNotFoundError when the file does not exist.
     """
+    if path.is_dir():
+        raise ProbeDataError(path, 0, None, "is a folder; pass a JSON Lines file")
     items: list[ProbeItem] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ProbeDataError(path, 0, None, f"cannot be read: {error.strerror or error}") from error
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            line = _decode_line(path, number, raw)
             if not line.strip():
                 continue
             item = parse_item(path, number, line)
@@ -76,6 +86,15 @@ def load_items(path: Path = DEFAULT_DIALOGUES_PATH) -> list[ProbeItem]:
     return items
 
 
+def _decode_line(path: Path, number: int, raw: bytes) -> str:
+    # utf-8-sig drops a byte order mark at the start of the file.
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as error:
+        problem = f"not valid UTF-8 (byte {error.start + 1} of the line); save the file as UTF-8"
+        raise ProbeDataError(path, number, None, problem) from error
+
+
 def parse_item(path: Path, line_number: int, line: str) -> ProbeItem:
     """Parses and checks one line of a probe file."""
 
@@ -86,6 +105,8 @@ def parse_item(path: Path, line_number: int, line: str) -> ProbeItem:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise fail(None, f"not valid JSON ({error.msg} at column {error.colno})") from error
+    except RecursionError as error:
+        raise fail(None, "not valid JSON (arrays or objects are nested too deeply)") from error
     if not isinstance(record, dict):
         raise fail(None, f"expected a JSON object, got {type(record).__name__}")
     for name in REQUIRED_FIELDS:

@@ -14,6 +14,7 @@ from clients.probe.client import ProbeClient
 from clients.probe.config import ModelSpec, ProbeConfig
 from clients.probe.data import ProbeItem, load_items
 from clients.probe.scoring import ItemScore, ModelSummary, score_completion, summarize
+from clients.refgame.outputs import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +69,17 @@ class ProbeResults:
 def run_probe(config: ProbeConfig, *, console: Console | None = None) -> ProbeResults:
     """Probes every model on the configured items, raising ProbeDataError or ProbeGatewayError at the first problem.
 
-    Writes no files: ``clients.probe.report`` writes the outputs.
+    Raises OutputDirError before the first request when ``config.output_dir`` is set but cannot be written. Writes
+    no result files: ``clients.probe.report`` writes the outputs.
     """
     items = load_items(config.dialogues_path)
     if config.limit is not None:
         items = items[: config.limit]
+    if config.output_dir is not None:
+        check_output_dir(config.output_dir)
     results = ProbeResults(config=config)
+    # TODO: a request that still fails after the retries discards the finished items. Write them as partial
+    # results, as run_refgame does for finished games.
     client = ProbeClient(config.base_url, partner_id=config.partner_id, timeout_s=config.timeout_s)
     try:
         for spec in config.models:

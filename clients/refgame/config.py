@@ -2,46 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from clients.options import check_base_url, check_partner_id
 from clients.refgame.contexts import DEFAULT_CONTEXTS_PATH
 from clients.refgame.gateway_client import DEFAULT_BASE_URL
 from clients.refgame.listeners import EMBEDDING_LISTENER
 from clients.refgame.logit_bias import DEFAULT_BIAS_CAP
 from clients.refgame.speaker import MAX_WORDS
+from clients.served_model import ServedModel, parse_served_model
 
-BARE_SUFFIX = "@none"
-_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-@dataclass(frozen=True)
-class SpeakerSpec:
-    """A speaker to evaluate: a served model id, its label in outputs, and whether to force the bare model."""
-
-    label: str
-    model: str
-    bare: bool = False
-
-    @property
-    def slug(self) -> str:
-        """Returns the label with characters that session ids do not allow replaced by '-'."""
-        return _LABEL_UNSAFE.sub("-", self.label).strip("-") or "speaker"
+# A speaker is a served model; the names stay for callers of this module.
+SpeakerSpec = ServedModel
 
 
-def parse_speaker(value: str) -> SpeakerSpec:
+def parse_speaker(value: str) -> ServedModel:
     """Parses ``[LABEL=]MODEL[@none]``; ``@none`` requests the bare model (X-Adapter: none)."""
-    label, separator, model = value.partition("=")
-    if not separator:
-        label, model = "", value
-    model = model.strip()
-    bare = model.endswith(BARE_SUFFIX)
-    if bare:
-        model = model[: -len(BARE_SUFFIX)]
-    if not model:
-        raise ValueError(f"invalid speaker {value!r}: expected [LABEL=]MODEL[@none], e.g. base=smollm2@none")
-    return SpeakerSpec(label=label.strip() or value.strip(), model=model, bare=bare)
+    return parse_served_model(value, kind="speaker")
 
 
 @dataclass
@@ -76,6 +54,8 @@ class RefGameConfig:
             raise ValueError("max_retries and bias_cap must not be negative")
         if not 0 <= self.temperature <= 2:
             raise ValueError(f"temperature must be between 0 and 2, got {self.temperature}")
+        check_partner_id(self.partner_id, with_listener=self.listener != EMBEDDING_LISTENER)
+        check_base_url(self.base_url)
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -50,10 +50,13 @@ class Context:
 
 def load_contexts(path: Path) -> list[Context]:
     """Reads and validates a contexts file; the format follows the suffix (.json or .csv)."""
+    if path.is_dir():
+        raise ContextsFormatError(f"contexts file {path} is a folder; pass a .json or .csv file")
     if not path.is_file():
         raise ContextsFormatError(f"contexts file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig drops the byte order mark that spreadsheet programs write at the start of a UTF-8 CSV file.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise ContextsFormatError(f"contexts file {path} cannot be read: {error}") from error
 
@@ -74,6 +77,8 @@ def _parse_json(text: str, path: Path) -> list[Context]:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise ContextsFormatError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from error
+    except RecursionError as error:
+        raise ContextsFormatError(f"{path}: invalid JSON: arrays or objects are nested too deeply") from error
     entries = document.get("contexts") if isinstance(document, dict) else document
     if not isinstance(entries, list):
         raise ContextsFormatError(f"{path}: expected a list of contexts or an object with a 'contexts' list")
@@ -131,16 +136,16 @@ def _parse_csv(text: str, path: Path) -> list[Context]:
 
 
 def _build_item(word: Any, forbidden: list[str], where: str) -> Item:
-    if not isinstance(word, str) or not _WORD_PATTERN.match(word.strip()):
+    if not isinstance(word, str) or not _WORD_PATTERN.fullmatch(word.strip()):
         raise ContextsFormatError(f"{where}: invalid item word {word!r}: use letters, with single spaces or hyphens")
     for extra in forbidden:
-        if not _WORD_PATTERN.match(extra.strip()):
+        if not _WORD_PATTERN.fullmatch(extra.strip()):
             raise ContextsFormatError(f"{where}: invalid forbidden word {extra!r} for item {word!r}")
     return Item(word=word.strip().lower(), forbidden=tuple(extra.strip().lower() for extra in forbidden))
 
 
 def _build_context(context_id: Any, category: Any, items: tuple[Item, ...], where: str) -> Context:
-    if not isinstance(context_id, str) or not _ID_PATTERN.match(context_id):
+    if not isinstance(context_id, str) or not _ID_PATTERN.fullmatch(context_id):
         raise ContextsFormatError(f"{where}: invalid id {context_id!r}: use 1-64 letters, digits, '.', '_' or '-'")
     if not isinstance(category, str):
         raise ContextsFormatError(f"{where}: 'category' must be a string")

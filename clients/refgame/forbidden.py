@@ -4,7 +4,8 @@ Forbidden in every trial of a game: each context item's word and the forbidden w
 "tea" and "pot" for "teapot", irregular plurals). A message word breaks the rule when, ignoring case, it equals a
 forbidden word or a regular plural or possessive of one ("pots", "pot's"). It also breaks the rule when it contains
 a whole item word of five letters or more ("teapotlike"). Shorter forbidden parts are not searched inside longer
-words, so "pottery" does not break the rule for "pot".
+words, so "pottery" does not break the rule for "pot". A hyphenated word ("yo-yo") breaks the rule as a whole: its
+parts in a row ("yo-yo", "yo yo") or joined into one word ("yoyo").
 """
 
 from __future__ import annotations
@@ -56,14 +57,36 @@ def _base_forms(word: str) -> set[str]:
     return forms
 
 
+def _uses_term(words: list[str], end: int, term: str) -> bool:
+    """Returns whether the message words up to index ``end`` end with ``term``, its plural or its possessive.
+
+    A hyphenated term ("yo-yo", "t-shirt") matches its parts as consecutive words, since messages are split at
+    hyphens, and also its parts written as one word ("yoyo", "tshirt").
+    """
+    parts = message_words(term)
+    bases = _base_forms(words[end])
+    if "".join(parts) in bases:
+        return True
+    start = end - len(parts) + 1
+    if len(parts) < 2 or start < 0:
+        return False
+    return words[start:end] == parts[:-1] and parts[-1] in bases
+
+
 def find_violations(message: str, context: Context) -> list[str]:
     """Returns the forbidden words (as listed) that ``message`` uses, in order of first use, without repeats."""
     forbidden = forbidden_words(context)
-    item_words = [item.word.replace(" ", "") for item in context.items if len(item.word) >= MIN_CONTAINED_LENGTH]
+    # Item words as one run of letters ("icecream", "tshirt"), searched inside longer message words.
+    joined = [(_letters_only(item.word), item.word) for item in context.items]
+    contained = [(letters, word) for letters, word in joined if len(letters) >= MIN_CONTAINED_LENGTH]
     found: list[str] = []
-    for word in message_words(message):
-        bases = _base_forms(word)
-        hits = [term for term in forbidden if term in bases]
-        hits += [item for item in item_words if item in word.replace("'", "")]
+    words = message_words(message)
+    for index, word in enumerate(words):
+        hits = [term for term in forbidden if _uses_term(words, index, term)]
+        hits += [item for letters, item in contained if letters in word.replace("'", "")]
         found.extend(hit for hit in hits if hit not in found)
     return found
+
+
+def _letters_only(word: str) -> str:
+    return "".join(character for character in word if character.isalpha())

@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from clients.retry import RetryPolicy, send_with_retries
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -55,11 +57,18 @@ def _error_from(response: httpx.Response, what: str) -> GatewayError:
 class GatewayClient:
     """Talks to one gateway; ``base_url`` is its OpenAI base URL, ending in ``/v1``."""
 
-    def __init__(self, base_url: str = DEFAULT_BASE_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         # vLLM's tokenizer routes live at the server root, beside /v1.
         self.root_url = self.base_url.removesuffix("/v1")
         self.http = httpx.Client(timeout=timeout_s)
+        self.retry = retry or RetryPolicy()
 
     def close(self) -> None:
         self.http.close()
@@ -70,22 +79,21 @@ class GatewayClient:
             "'convention-gateway serve' or pass --base-url"
         )
 
-    def _post(self, url: str, body: dict[str, Any], headers: dict[str, str], what: str) -> httpx.Response:
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self.http.post(url, json=body, headers=headers)
+            return send_with_retries(self.http, method, url, policy=self.retry, **kwargs)
         except httpx.TransportError as error:
             raise self._unreachable(error) from error
+
+    def _post(self, url: str, body: dict[str, Any], headers: dict[str, str], what: str) -> httpx.Response:
+        response = self._send("POST", url, json=body, headers=headers)
         if response.status_code >= 400:
             raise _error_from(response, what)
         return response
 
     def check_model(self, model: str, partner_id: str) -> None:
         """Raises UnknownModelError when the gateway does not serve ``model`` to ``partner_id``."""
-        url = f"{self.base_url}/models/{model}"
-        try:
-            response = self.http.get(url, headers={"X-Partner-ID": partner_id})
-        except httpx.TransportError as error:
-            raise self._unreachable(error) from error
+        response = self._send("GET", f"{self.base_url}/models/{model}", headers={"X-Partner-ID": partner_id})
         if response.status_code >= 400:
             raise _error_from(response, f"model {model!r}")
 
