@@ -16,12 +16,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from adapters.settings import Settings
 from gateway import routes_dashboard
 from gateway.errors import install_error_handlers
 from tests.conftest import TINY_MODEL_NAME, RunningGateway
+from tests.test_routing import register_adapter
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WINDOW = (1280, 900)
@@ -321,3 +324,19 @@ def test_dashboard_assets_served() -> None:
     assert script.headers["content-type"].startswith("text/javascript")
     assert missing.status_code == 404
     assert "secrets.txt" in missing.json()["error"]["message"]
+
+
+def test_partner_without_sessions_not_error(
+    chromium: str,
+    gateway: RunningGateway,
+    tmp_path: Path,
+    tiny_settings: Settings,
+    tiny_model_path: str,
+    redis_client: redis.Redis,
+) -> None:
+    register_adapter(tiny_settings, tiny_model_path, "dash-nosessions", redis_client)
+    dom = render_dom(chromium, tmp_path / "profile-nosessions", f"{gateway.base_url}/dashboard?partner=dash-nosessions")
+
+    assert dom.find("body").attrs["data-state"] == "ready"
+    assert "has no sessions yet" in dom.find("div", id="cards").text()
+    assert "active" in dom.find("div", id="adapters").text()

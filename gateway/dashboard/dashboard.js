@@ -28,9 +28,10 @@ const nodes = {
 };
 
 class ApiError extends Error {
-  constructor(path, status, message) {
+  constructor(path, status, message, code = null) {
     super(status ? `${message} (HTTP ${status} from ${path})` : message);
     this.status = status;
+    this.code = code;
   }
 }
 
@@ -51,7 +52,8 @@ async function getJSON(path) {
   }
   if (!response.ok) {
     const message = body && body.error && typeof body.error.message === "string" ? body.error.message : "request failed";
-    throw new ApiError(path, response.status, message);
+    const code = body && body.error && typeof body.error.code === "string" ? body.error.code : null;
+    throw new ApiError(path, response.status, message, code);
   }
   if (body === null) {
     throw new ApiError(path, response.status, "the response is not JSON");
@@ -117,11 +119,16 @@ async function showPartner(partnerId) {
     loadJobs(partnerId),
   ]);
 
+  // A partner with adapters but no sessions yet (an imported adapter, say) has no metrics: that is not an error.
+  const noSessions = metrics.status === "rejected" && metrics.reason.code === "partner_not_found";
   if (metrics.status === "fulfilled") {
     renderCards(nodes.cards, nodes.note, metrics.value);
     renderCharts(metrics.value.sessions);
   } else {
-    fill(nodes.cards, messageBox("error", `Could not load the metrics of partner ${partnerId}: ${metrics.reason.message}`));
+    const text = noSessions
+      ? `Partner ${partnerId} has no sessions yet, so there are no metrics.`
+      : `Could not load the metrics of partner ${partnerId}: ${metrics.reason.message}`;
+    fill(nodes.cards, messageBox(noSessions ? "empty" : "error", text));
     nodes.note.textContent = "";
     for (const figure of document.querySelectorAll(".chart")) {
       fill(figure.querySelector(".legend"));
@@ -139,7 +146,9 @@ async function showPartner(partnerId) {
     renderFailure(nodes.jobs, "training jobs", jobs.reason);
   }
 
-  const failed = [metrics, adapters, jobs].filter((result) => result.status === "rejected");
+  const failed = [metrics, adapters, jobs].filter(
+    (result) => result.status === "rejected" && !(result === metrics && noSessions),
+  );
   if (failed.length > 0) {
     setState("error", `${failed.length} of 3 requests failed; see the messages below.`, "error");
   } else {
