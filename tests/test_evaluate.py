@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainer.evaluate import gate, split_pairs
+from trainer.evaluate import fit_prompts, gate, split_pairs
 from trainer.mining import PreferencePair
 
 
@@ -50,3 +50,27 @@ def test_gate_compares_with_active_version() -> None:
 
     assert passed is False
     assert "active" in reason
+
+
+class WordTokenizer:
+    """Counts one token per word, enough to check prompt budgets."""
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": list(range(len(text.split())))}
+
+
+def test_long_prompts_cut_to_budget() -> None:
+    long = PreferencePair(
+        prompt=[{"role": "user", "content": f"message {index} " + "word " * 20} for index in range(50)]
+        + [{"role": "user", "content": "I bought the small red mug today."}],
+        chosen="the mug",
+        rejected="the small red mug",
+        role="user",
+        first_mention="the small red mug",
+        remention="the mug",
+    )
+    fitted = fit_prompts([long], WordTokenizer(), max_prompt_tokens=64)
+    words = sum(len(message["content"].split()) for message in fitted[0].prompt)
+
+    assert words <= 64
+    assert fitted[0].prompt[-1]["content"] == "I bought the small red mug today."

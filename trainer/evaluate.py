@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -121,6 +121,25 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def fit_prompts(pairs: Sequence[PreferencePair], tokenizer: Any, max_prompt_tokens: int) -> list[PreferencePair]:
+    """Returns the pairs with their prompts cut to ``max_prompt_tokens`` as training cuts them.
+
+    A pair from a long session would otherwise be scored on its whole conversation: thousands of tokens per
+    forward pass, and a context the trained adapter never saw. Pairs left with no prompt are dropped.
+    """
+    from trainer.train import fit_prompt
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    fitted = []
+    for pair in pairs:
+        prompt = fit_prompt(pair.prompt, pair.first_mention, count_tokens, max_prompt_tokens)
+        if prompt:
+            fitted.append(replace(pair, prompt=prompt))
+    return fitted
+
+
 def evaluate_versions(
     *,
     model_path: str,
@@ -128,9 +147,15 @@ def evaluate_versions(
     held_out: Sequence[PreferencePair],
     active_adapter: str | None = None,
     convention_adapter: str | None = None,
+    max_prompt_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """Scores the base model and each given adapter on the same held-out pairs; keys name the versions."""
+    """Scores the base model and each given adapter on the same held-out pairs; keys name the versions.
+
+    With ``max_prompt_tokens`` the pairs' prompts are cut to that budget first, as for training.
+    """
     base, tokenizer = load_model_and_tokenizer(model_path)
+    if max_prompt_tokens is not None:
+        held_out = fit_prompts(held_out, tokenizer, max_prompt_tokens)
     planning_token_id = int(tokenizer.convert_tokens_to_ids(PLANNING_TOKEN))
     results: dict[str, Any] = {"base": asdict(score(base, tokenizer, held_out, planning_token_id))}
     for name, path in (("convention", convention_adapter), ("active", active_adapter), ("new", new_adapter)):

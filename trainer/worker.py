@@ -203,6 +203,7 @@ def train_and_register(
             active_adapter=active.path if active is not None else None,
             convention_adapter=convention.path if convention is not None else None,
             held_out=held_out,
+            max_prompt_tokens=settings.training.max_prompt_tokens,
         )
         activate, reason = gate(evaluation)
         version = registry.allocate_version(owner)
