@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import time
@@ -147,6 +149,30 @@ class Published:
     started_from: str | None
 
 
+# Digest of the training pairs that a work folder's checkpoints were trained on.
+PAIRS_DIGEST_FILE = "pairs.sha256"
+
+
+def _pairs_digest(pairs: list[Any]) -> str:
+    text = json.dumps([[pair.prompt, pair.chosen, pair.rejected] for pair in pairs], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _drop_stale_checkpoints(work_dir: Path, pairs: list[Any], report: Callable[[str, dict[str, Any]], None]) -> None:
+    """Removes checkpoints of an earlier attempt that trained on other pairs, and records the pairs' digest.
+
+    A requeued job mines the partner's sessions again, and they may have grown since the first attempt; resuming
+    those checkpoints would mix two data sets, so the training starts over instead.
+    """
+    digest = _pairs_digest(pairs)
+    recorded = work_dir / PAIRS_DIGEST_FILE
+    if recorded.is_file() and recorded.read_text().strip() != digest:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        report("The sessions changed since the last attempt; training starts over", {})
+    work_dir.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(digest)
+
+
 def train_and_register(
     settings: Settings,
     registry: AdapterRegistry,
@@ -180,6 +206,7 @@ def train_and_register(
 
     owner_dir = settings.artifact_dir / owner
     work_dir = owner_dir / f".work-{work_name}"
+    _drop_stale_checkpoints(work_dir, train_pairs, report)
     staging = work_dir / "adapter"
     staging.mkdir(parents=True, exist_ok=True)
     try:
