@@ -1,8 +1,8 @@
 """The comparison: make sure each model to compare exists, then play the reference game and run the probe on all.
 
-The partner adapter is trained on reference games played earlier with the same partner: when the partner has no
-adapter yet, the comparison first plays ``train_games`` games as that partner (served as routing decides, so the
-convention adapter when one is active), starts a training job and follows it to its end.
+The partner adapter is trained on reference games played earlier with the same partner. When the partner has no
+adapter yet, the comparison first plays ``train_games`` games as that partner, served as routing decides (so by the
+convention adapter when one is active). Then it starts a training job and follows it to its end.
 """
 
 from __future__ import annotations
