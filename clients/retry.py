@@ -49,7 +49,7 @@ class RetryPolicy:
 def retry_after_s(response: httpx.Response) -> float | None:
     """Returns the wait that the ``Retry-After`` header requests in seconds, or None when it is missing or invalid.
 
-    The header holds either a number of seconds or an HTTP date (RFC 9110, section 10.2.3).
+    The header contains either a number of seconds or an HTTP date (RFC 9110, section 10.2.3).
     """
     value = response.headers.get("Retry-After", "").strip()
     if not value:

@@ -1,6 +1,6 @@
 """ASGI middleware that rejects request bodies above a size limit with a 413 in the OpenAI error envelope.
 
-Parsing and tokenizing a body of many megabytes holds the server for seconds, so bodies are counted before any
+Parsing and tokenizing a body of many megabytes blocks the server for seconds, so bodies are counted before any
 route sees them. Routes that stream large uploads and enforce their own limit are exempt.
 """
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 class BodySizeLimitMiddleware:
-    """Buffers each request body up to ``max_bytes`` and answers 413 when it is larger."""
+    """Buffers each request body up to ``max_bytes`` and responds with 413 when it is larger."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, exempt_suffixes: tuple[str, ...] = ()) -> None:
         self.app = app

@@ -97,9 +97,9 @@ async def _adapter_in_use(services: Services, partner_id: str) -> dict[str, Any]
 async def partner_metrics(services: Services, partner_id: str, *, session_limit: int) -> dict[str, Any]:
     """Builds the ``partner.metrics`` object over the partner's ``session_limit`` most recently updated sessions.
 
-    Sessions are listed oldest first by creation time, and the totals cover the same sessions, so that a partner
-    with many sessions costs at most ``session_limit`` cache reads; ``session_count`` counts all of them. Raises a
-    404 APIError when the partner has no sessions.
+    Sessions are listed oldest first by creation time. The totals cover the same sessions, so a partner with many
+    sessions costs at most ``session_limit`` cache reads, and ``session_count`` counts all of them. Raises a 404
+    APIError when the partner has no sessions.
     """
     session_ids = await services.redis.zrevrange(services.keys.sessions(partner_id), 0, session_limit - 1)
     session_count = await services.redis.zcard(services.keys.sessions(partner_id))

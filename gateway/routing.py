@@ -40,7 +40,7 @@ def model_not_found(model: str, services: Services) -> APIError:
     )
 
 
-# Request header value that asks for the bare local model, without the partner's or the convention adapter.
+# Request header value that requests the bare local model, without the partner's or the convention adapter.
 NO_ADAPTER_REQUESTED = "none"
 
 

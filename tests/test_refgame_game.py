@@ -150,7 +150,7 @@ def test_duplicate_speaker_labels_rejected() -> None:
 
 
 class FakeGateway:
-    """A MockTransport handler that serves any model, rejects tokenization (so no tokens are counted) and answers
+    """A MockTransport handler that serves any model, rejects tokenization (so no tokens are counted) and responds to
     chat completions. Chat completions after the first ``fail_after`` get ``fail_status`` with Retry-After."""
 
     def __init__(self, *, fail_after: int | None = None, fail_status: int = 503) -> None:

@@ -161,7 +161,7 @@ def _pairs_digest(pairs: list[Any]) -> str:
 def _drop_stale_checkpoints(work_dir: Path, pairs: list[Any], report: Callable[[str, dict[str, Any]], None]) -> None:
     """Removes checkpoints of an earlier attempt that trained on other pairs, and records the pairs' digest.
 
-    A requeued job mines the partner's sessions again, and they may have grown since the first attempt; resuming
+    A requeued job mines the partner's sessions again, and they may have grown since the first attempt. Resuming
     those checkpoints would mix two data sets, so the training starts over instead.
     """
     digest = _pairs_digest(pairs)

@@ -16,7 +16,7 @@ POLL_INTERVAL_S = 2.0
 
 
 class CompareError(RuntimeError):
-    """The comparison cannot go on; the message says why and what to do."""
+    """An error that stops the comparison; the message gives the cause and the fix."""
 
 
 class GatewayAdmin:
@@ -36,7 +36,7 @@ class GatewayAdmin:
             message = f"no gateway responds at {self.base_url} ({error}); start it or pass --base-url"
             raise CompareError(message) from error
         if response.status_code >= 400:
-            raise CompareError(f"GET {path} answered {response.status_code}: {_error_text(response)}")
+            raise CompareError(f"GET {path} failed with HTTP {response.status_code}: {_error_text(response)}")
         return response.json()
 
     def convention_version(self, model: str) -> int | None:

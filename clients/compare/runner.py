@@ -155,7 +155,7 @@ def _train_partner(config: CompareConfig, admin: GatewayAdmin, console: Console)
 
     job = admin.wait_for_job(job_id, timeout_s=config.train_timeout_s, on_event=show)
     if job["status"] != "succeeded":
-        # The other models are still compared; the table says why the partner adapter is missing.
+        # The other models are still compared, and the table gives the reason the partner adapter is missing.
         console.print(f"[yellow]Training job {job_id} ended {job['status']}: {job.get('error')}[/yellow]")
         logger.warning("Compare: training job %s for partner %s ended %s", job_id, config.partner_id, job["status"])
     return {"job_id": job_id, "status": job["status"], "result": job.get("result"), "error": job.get("error")}

@@ -84,7 +84,7 @@ class Speaker:
             self.bias = build_logit_bias(forbidden_words(context), tokenizer, cap=bias_cap)
 
     def _instruction(self, target: str) -> str:
-        # Small models answer the last sentence they read, so the request to describe comes last.
+        # Small models respond to the last sentence they read, so the request to describe comes last.
         items = ", ".join(self.context.words)
         return f"{self.feedback}Objects: {items}. Describe the {target} without saying {self._forbidden_list()}."
 
